@@ -1,0 +1,19 @@
+"""Errors rayif raises on bad input or a failed estimate: each says what is wrong and what to change."""
+
+from __future__ import annotations
+
+
+class RayifError(ValueError):
+    """Base class of every error rayif raises for bad input or a failed estimate."""
+
+
+class NonFiniteError(RayifError):
+    """A loss or gradient is NaN or infinite; the message names the offending example ids."""
+
+
+class LissaDivergenceError(RayifError):
+    """The LiSSA recursion blew up; the message says which knob (``scale`` or ``damping``) to change."""
+
+
+class SolverError(RayifError):
+    """An inverse-HVP solver could not produce a trustworthy answer (indefinite Hessian, no convergence)."""

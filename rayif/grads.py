@@ -1,0 +1,174 @@
+"""Per-example gradients and Hessian-vector products on matrices of vectors, with ``torch.func``.
+
+Everything here works on the *flat* vector ``theta`` of the selected parameters (``[p]``), so solvers
+and scoring are plain linear algebra on ``[m, p]`` matrices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import functional_call, grad, vmap
+
+from .data import Examples
+from .errors import NonFiniteError, RayifError
+from .task import Task
+
+
+class Objective:
+    """A replica of the task's model in functional form around its trained parameters ``theta``.
+
+    The training objective is ``mean_i L(z_i, theta)`` where each per-example ``L`` is the task's loss plus
+    its regulariser; its Hessian is what the inverse-HVP solvers invert.
+    """
+
+    def __init__(self, task: Task, device: str | torch.device = "cpu", model: torch.nn.Module | None = None):
+        self.task = task
+        self.device = torch.device(device)
+        self.model = task.build_model(self.device) if model is None else model.to(self.device).eval()
+        named = dict(self.model.named_parameters())
+        self.names = task.selected_params(self.model)
+        self.shapes = [named[n].shape for n in self.names]
+        self.numels = [named[n].numel() for n in self.names]
+        self.theta = torch.cat([named[n].detach().reshape(-1) for n in self.names])
+        self.dtype = self.theta.dtype
+        self._fixed = {n: p.detach() for n, p in named.items() if n not in set(self.names)}
+        self._fixed.update(dict(self.model.named_buffers()))
+        self._checked_loss = False
+
+    @property
+    def num_params(self) -> int:
+        """``p``, the number of selected parameters."""
+        return self.theta.numel()
+
+    def params(self, theta: Tensor) -> dict[str, Tensor]:
+        """The selected parameters as a name -> tensor mapping (views into ``theta``)."""
+        return {n: t.view(s) for n, s, t in zip(self.names, self.shapes, theta.split(self.numels), strict=True)}
+
+    def outputs(self, theta: Tensor, inputs: Tensor) -> Tensor:
+        return functional_call(self.model, {**self._fixed, **self.params(theta)}, (inputs,))
+
+    def _penalty(self, theta: Tensor) -> Tensor:
+        out = theta.new_zeros(())
+        if self.task.weight_decay:
+            out = out + 0.5 * self.task.weight_decay * (theta * theta).sum()
+        if self.task.regularizer is not None:
+            out = out + self.task.regularizer(self.params(theta))
+        return out
+
+    def train_losses(self, theta: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
+        """``[b]`` per-example training losses, regulariser included."""
+        return self._per_example(self.task.loss, theta, inputs, targets) + self._penalty(theta)
+
+    def test_losses(self, theta: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
+        """``[b]`` per-example test losses (the measurement; no regulariser)."""
+        return self._per_example(self.task.test_loss or self.task.loss, theta, inputs, targets)
+
+    def _per_example(self, fn, theta: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
+        out = fn(self.outputs(theta, inputs), targets)
+        if out.dim() != 1 or out.shape[0] != inputs.shape[0]:
+            raise RayifError(
+                f"the loss must return one value per example, shape [{inputs.shape[0]}], got {tuple(out.shape)}; "
+                "use reduction='none'"
+            )
+        return out
+
+    # --- validation -------------------------------------------------------------------------------
+
+    def check(self, examples: Examples, name: str, chunk_size: int = 1024) -> None:
+        """Fail early, with a clear message, on data the model cannot take or whose loss is not finite.
+
+        One forward pass over ``examples``: a NaN here would otherwise surface later as a NaN Hessian or a
+        "diverged" LiSSA, far from its cause.
+        """
+        x = examples.inputs
+        if x.is_floating_point() and x.dtype != self.dtype:
+            raise RayifError(
+                f"{name} inputs are {x.dtype} but the model's parameters are {self.dtype}; "
+                f"cast the inputs (e.g. x.astype(np.{str(self.dtype).split('.')[-1]})) or the model"
+            )
+        head = examples.take(slice(0, 2)).to(self.device)
+        try:
+            with torch.no_grad():
+                self.train_losses(self.theta, head.inputs, head.targets)
+        except RayifError:
+            raise
+        except Exception as e:  # the model's own error, reworded with the shapes that caused it
+            raise RayifError(
+                f"the model or loss rejects {name}: inputs {tuple(head.inputs.shape[1:])} {head.inputs.dtype}, "
+                f"targets {tuple(head.targets.shape[1:])} {head.targets.dtype} per example: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        losses = self.train_losses if name.startswith("train") else self.test_losses
+        with torch.no_grad():
+            for chunk in examples.chunks(chunk_size):
+                c = chunk.to(self.device)
+                _require_finite(losses(self.theta, c.inputs, c.targets)[:, None], chunk.ids, f"{name} loss")
+
+    # --- gradients --------------------------------------------------------------------------------
+
+    def train_grads(self, examples: Examples) -> Tensor:
+        """``[b, p]`` per-example gradients of the training loss (regulariser included)."""
+        return self._grads(self.train_losses, examples, "training")
+
+    def test_grads(self, examples: Examples) -> Tensor:
+        """``[b, p]`` per-example gradients of the test loss."""
+        return self._grads(self.test_losses, examples, "test")
+
+    def _grads(self, losses, examples: Examples, what: str) -> Tensor:
+        ex = examples.to(self.device)
+
+        def one(theta, xi, yi):
+            return losses(theta, xi.unsqueeze(0), yi.unsqueeze(0))[0]
+
+        g = vmap(grad(one), in_dims=(None, 0, 0))(self.theta, ex.inputs, ex.targets)
+        _require_finite(g, examples.ids, f"{what} loss gradient")
+        return g
+
+    def hvp(self, vectors: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
+        """``[m, p]``: the Hessian of the mean training loss on this batch, times each row of ``vectors``.
+
+        One backward pass builds the gradient graph; one batched double-backward serves all ``m`` vectors
+        (measured 3.5x faster than ``vmap`` over ``jvp`` for small models on CPU).
+        """
+        with torch.enable_grad():
+            theta = self.theta.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.train_losses(theta, inputs, targets).mean(), theta, create_graph=True)
+            if not g.requires_grad:  # the loss is linear in theta: no curvature
+                return torch.zeros_like(vectors)
+            (hv,) = torch.autograd.grad(g, theta, grad_outputs=vectors, is_grads_batched=True, allow_unused=True)
+        return torch.zeros_like(vectors) if hv is None else hv.detach()
+
+    def batched_hvp(self, vectors: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
+        """``[K, p]``: row ``k`` of ``vectors`` times the Hessian of batch ``k`` (``inputs [K, B, ...]``)."""
+        return torch.cat([self.hvp(vectors[k : k + 1], inputs[k], targets[k]) for k in range(len(vectors))])
+
+    def full_hvp(self, vectors: Tensor, train: Examples, chunk_size: int) -> Tensor:
+        """``[m, p]``: Hessian of the mean training loss over all of ``train``, times each row."""
+        out = torch.zeros_like(vectors)
+        n = len(train)
+        for chunk in train.chunks(chunk_size):
+            c = chunk.to(self.device)
+            hv = self.hvp(vectors, c.inputs, c.targets)
+            if not bool(torch.isfinite(hv).all()):
+                self.train_grads(chunk)  # names the examples when their gradients are the cause
+                _require_finite(hv, None, f"Hessian-vector product on training ids {chunk.ids[0]}..{chunk.ids[-1]}")
+            out += hv * (len(chunk) / n)
+        return out
+
+
+def _require_finite(t: Tensor, ids: np.ndarray | None, what: str) -> None:
+    bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        if ids is None:
+            raise NonFiniteError(f"{what} has NaN or inf values")
+        bad_ids = ids[bad.cpu().numpy()]
+        shown = ", ".join(str(i) for i in bad_ids[:20]) + (" ..." if len(bad_ids) > 20 else "")
+        raise NonFiniteError(f"{what} is NaN or inf for {len(bad_ids)} example(s), ids: {shown}")
+
+
+def require_finite_vectors(t: Tensor, what: str) -> None:
+    """Raise :class:`NonFiniteError` if any row of ``t`` is not finite."""
+    _require_finite(t, None, what)
+

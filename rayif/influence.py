@@ -1,0 +1,219 @@
+"""Single-process influence: s_test, chunked scoring against training points, top-m, self influence.
+
+The Ray path calls the same functions; it only moves work and data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import Tensor
+
+from .config import LissaConfig, SolverConfig, solver_to_dict
+from .data import Examples, as_examples
+from .errors import RayifError
+from .grads import Objective, require_finite_vectors
+from .ihvp import make_solver
+from .results import GROUP_TEST_ID, SELF_INFLUENCE_SCHEMA, ranked_table
+from .task import Task
+
+DEFAULT_CHUNK = 256
+
+
+def test_vectors(
+    objective: Objective, test: Examples, *, group: bool = False, chunk_size: int = DEFAULT_CHUNK
+) -> Tensor:
+    """``[m, p]`` test-loss gradients (``[1, p]``: their mean, when ``group``)."""
+    grads = torch.cat([objective.test_grads(c) for c in test.chunks(chunk_size)])
+    return grads.mean(0, keepdim=True) if group else grads
+
+
+def influence_block(objective: Objective, s_test: Tensor, train_chunk: Examples) -> np.ndarray:
+    """``[m, c]`` influence ``-s_test . grad L(z)`` of each training example in the chunk."""
+    g = objective.train_grads(train_chunk)
+    return (-(s_test.to(g.device) @ g.T)).double().cpu().numpy()
+
+
+@dataclass
+class TopInfluence:
+    """Running top-``top`` harmful (largest) and helpful (smallest) influences per test row.
+
+    Ties break by the smaller train id, so the result does not depend on chunk order or worker count.
+    """
+
+    rows: int
+    top: int
+    harmful_ids: np.ndarray = field(init=False)
+    harmful: np.ndarray = field(init=False)
+    helpful_ids: np.ndarray = field(init=False)
+    helpful: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.harmful_ids = np.zeros((self.rows, 0), np.int64)
+        self.helpful_ids = np.zeros((self.rows, 0), np.int64)
+        self.harmful = np.zeros((self.rows, 0))
+        self.helpful = np.zeros((self.rows, 0))
+
+    def add(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        """Fold in ``scores [rows, c]`` of training examples ``ids [c]``."""
+        ids2 = np.broadcast_to(ids, scores.shape)
+        self._fold(np.concatenate([self.harmful, scores], 1), np.concatenate([self.harmful_ids, ids2], 1),
+                   np.concatenate([self.helpful, scores], 1), np.concatenate([self.helpful_ids, ids2], 1))
+
+    def merge(self, other: TopInfluence) -> None:
+        """Fold in another accumulator over disjoint training examples (a worker's shard)."""
+        self._fold(np.concatenate([self.harmful, other.harmful], 1),
+                   np.concatenate([self.harmful_ids, other.harmful_ids], 1),
+                   np.concatenate([self.helpful, other.helpful], 1),
+                   np.concatenate([self.helpful_ids, other.helpful_ids], 1))
+
+    def _fold(self, hv, hi, pv, pi) -> None:
+        self.harmful, self.harmful_ids = _best(hv, hi, self.top, largest=True)
+        self.helpful, self.helpful_ids = _best(pv, pi, self.top, largest=False)
+
+
+def _best(values: np.ndarray, ids: np.ndarray, top: int, *, largest: bool) -> tuple[np.ndarray, np.ndarray]:
+    key = -values if largest else values
+    order = np.lexsort((ids, key), axis=1)[:, :top]  # by value, then by id
+    return np.take_along_axis(values, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def score(objective: Objective, s_test: Tensor, train: Examples, *, top: int,
+          chunk_size: int = DEFAULT_CHUNK) -> TopInfluence:
+    """Top-``top`` harmful and helpful training examples per row of ``s_test``, one chunk in memory at a time."""
+    acc = TopInfluence(s_test.shape[0], top)
+    for chunk in train.chunks(chunk_size):
+        acc.add(influence_block(objective, s_test, chunk), chunk.ids)
+    return acc
+
+
+# --- the public single-process API ----------------------------------------------------------------
+
+
+def _prepare(task: Task, train: Any, test: Any | None, device: str) -> tuple[Objective, Examples, Examples | None]:
+    objective = Objective(task, device)
+    train_ex = as_examples(train, name="training data")
+    objective.check(train_ex, "training data")
+    test_ex = None
+    if test is not None:
+        test_ex = as_examples(test, name="test data")
+        objective.check(test_ex, "test data")
+    return objective, train_ex, test_ex
+
+
+def compute_s_test(
+    task: Task,
+    train: Any,
+    test: Any,
+    solver: SolverConfig | None = None,
+    *,
+    seed: int = 0,
+    group: bool = False,
+    device: str = "cpu",
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Tensor:
+    """``s_test = (H + lambda I)^-1 grad L(z_test)`` for every test point: ``[m, p]`` (``[1, p]`` if ``group``)."""
+    objective, train_ex, test_ex = _prepare(task, train, test, device)
+    return _s_test(objective, train_ex, test_ex, solver or LissaConfig(), seed, group, chunk_size)
+
+
+def _s_test(objective: Objective, train: Examples, test: Examples, solver: SolverConfig, seed: int,
+            group: bool, chunk_size: int) -> Tensor:
+    v = test_vectors(objective, test, group=group, chunk_size=chunk_size)
+    s = make_solver(objective, train, solver, seed=seed, chunk_size=chunk_size).solve(v)
+    require_finite_vectors(s, "s_test")
+    return s
+
+
+def influence_matrix(
+    task: Task,
+    train: Any,
+    test: Any,
+    solver: SolverConfig | None = None,
+    *,
+    seed: int = 0,
+    group: bool = False,
+    device: str = "cpu",
+    chunk_size: int = DEFAULT_CHUNK,
+) -> np.ndarray:
+    """Every influence value, ``[m, n]`` float64 (``[1, n]`` if ``group``), columns in training-data order.
+
+    Holds the whole matrix: for large training sets use :func:`explain`, which keeps only the top.
+    """
+    objective, train_ex, test_ex = _prepare(task, train, test, device)
+    s = _s_test(objective, train_ex, test_ex, solver or LissaConfig(), seed, group, chunk_size)
+    return np.concatenate([influence_block(objective, s, c) for c in train_ex.chunks(chunk_size)], axis=1)
+
+
+def explain(
+    task: Task,
+    train: Any,
+    test: Any,
+    *,
+    top: int = 10,
+    solver: SolverConfig | None = None,
+    seed: int = 0,
+    group: bool = False,
+    device: str = "cpu",
+    chunk_size: int = DEFAULT_CHUNK,
+) -> pa.Table:
+    """The ``top`` most harmful and most helpful training examples for each test point.
+
+    Args:
+        task: the model and its losses.
+        train: training data: ``(inputs, targets)`` arrays/tensors, a mapping of columns, or ``Examples``.
+        test: test points, in the same forms.
+        top: how many harmful and how many helpful examples per test point (at most the training size).
+        solver: how to compute s_test; default ``LissaConfig()``.
+        seed: fixes every LiSSA repetition.
+        group: one s_test for the mean test loss over all test points (FastIF's group influence); the
+            rows then carry ``test_id = -1``.
+        device: where the model replica runs.
+        chunk_size: training examples per batch of per-example gradients.
+
+    Returns:
+        A ``pyarrow.Table`` in :data:`rayif.results.SCHEMA` (positive influence = harmful).
+    """
+    solver = solver or LissaConfig()
+    objective, train_ex, test_ex = _prepare(task, train, test, device)
+    _check_top(top, len(train_ex))
+    s = _s_test(objective, train_ex, test_ex, solver, seed, group, chunk_size)
+    acc = score(objective, s, train_ex, top=top, chunk_size=chunk_size)
+    test_ids = np.array([GROUP_TEST_ID]) if group else test_ex.ids
+    meta = {"solver": solver_to_dict(solver), "seed": seed, "num_train": len(train_ex), "group": group}
+    return ranked_table(test_ids, acc.harmful_ids, acc.harmful, acc.helpful_ids, acc.helpful, meta)
+
+
+def self_influence(
+    task: Task,
+    train: Any,
+    *,
+    solver: SolverConfig | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    chunk_size: int = DEFAULT_CHUNK,
+) -> pa.Table:
+    """``grad L(z)^T H^-1 grad L(z)`` for every training example: large values flag likely mislabels.
+
+    Returns a table ``(train_id, self_influence)`` sorted by decreasing self influence.
+    """
+    objective, train_ex, _ = _prepare(task, train, None, device)
+    inv = make_solver(objective, train_ex, solver or LissaConfig(), seed=seed, chunk_size=chunk_size)
+    values = []
+    for chunk in train_ex.chunks(chunk_size):
+        g = objective.train_grads(chunk)
+        values.append((g * inv.solve(g)).sum(1).double().cpu().numpy())
+    v = np.concatenate(values)
+    order = np.lexsort((train_ex.ids, -v))
+    return pa.Table.from_arrays([pa.array(train_ex.ids[order]), pa.array(v[order])], schema=SELF_INFLUENCE_SCHEMA)
+
+
+def _check_top(top: int, n: int) -> None:
+    if top < 1:
+        raise RayifError(f"top must be >= 1, got {top}")
+    if top > n:
+        raise RayifError(f"top={top} is larger than the training set ({n} examples)")

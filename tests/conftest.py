@@ -1,0 +1,31 @@
+"""Shared fixtures: small digits models trained once per test session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats as st
+
+from rayif import digits
+
+
+@pytest.fixture(scope="session")
+def logistic():
+    """Multinomial logistic regression with L2 = 1e-2 on 1000 digits (convex): ``(task, split)``."""
+    split = digits.load_digits_split(n_train=1000, n_test=200, seed=0)
+    return digits.digits_task("logistic", split, weight_decay=1e-2)
+
+
+@pytest.fixture(scope="session")
+def mlp():
+    """64 -> 32 (tanh) -> 10 MLP with weight decay 1e-3 on 1000 digits (not convex): ``(task, split)``."""
+    split = digits.load_digits_split(n_train=1000, n_test=200, seed=0)
+    return digits.digits_task("mlp", split, weight_decay=1e-3)
+
+
+def correlations(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Mean Pearson / Spearman over rows, and the mean overlap of the top-10 (largest) sets."""
+    p = [st.pearsonr(x, y)[0] for x, y in zip(a, b, strict=True)]
+    s = [st.spearmanr(x, y)[0] for x, y in zip(a, b, strict=True)]
+    top = [len(set(np.argsort(-x)[:10]) & set(np.argsort(-y)[:10])) for x, y in zip(a, b, strict=True)]
+    return {"pearson": float(np.mean(p)), "spearman": float(np.mean(s)), "min_top10": int(min(top))}
