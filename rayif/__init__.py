@@ -5,6 +5,7 @@ Convention: ``influence = -grad L(z_test)^T H^-1 grad L(z)``; positive = harmful
 
 from .config import CGConfig, ExactConfig, LissaConfig, SolverConfig
 from .data import Examples, as_examples
+from .distributed import ScalingConfig, read_results
 from .errors import LissaDivergenceError, NonFiniteError, RayifError, SolverError
 from .influence import compute_s_test, explain, influence_matrix, self_influence
 from .results import SCHEMA, write_parquet
@@ -14,6 +15,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SCHEMA",
+    "ScalingConfig",
+    "read_results",
     "CGConfig",
     "Examples",
     "ExactConfig",

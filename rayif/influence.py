@@ -24,7 +24,7 @@ from .task import Task
 DEFAULT_CHUNK = 256
 
 
-def test_vectors(
+def grads_at_test_points(
     objective: Objective, test: Examples, *, group: bool = False, chunk_size: int = DEFAULT_CHUNK
 ) -> Tensor:
     """``[m, p]`` test-loss gradients (``[1, p]``: their mean, when ``group``)."""
@@ -58,8 +58,13 @@ class TopInfluence:
         self.harmful = np.zeros((self.rows, 0))
         self.helpful = np.zeros((self.rows, 0))
 
-    def add(self, scores: np.ndarray, ids: np.ndarray) -> None:
-        """Fold in ``scores [rows, c]`` of training examples ``ids [c]``."""
+    def add(self, scores: np.ndarray, ids: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Fold in ``scores [rows, c]`` of training examples ``ids [c]``.
+
+        ``mask [rows, c]`` (optional): False where a test row may not rank that example (not a candidate).
+        """
+        if mask is not None:
+            scores = np.where(mask, scores, np.nan)  # NaN ranks after every real value
         ids2 = np.broadcast_to(ids, scores.shape)
         self._fold(np.concatenate([self.harmful, scores], 1), np.concatenate([self.harmful_ids, ids2], 1),
                    np.concatenate([self.helpful, scores], 1), np.concatenate([self.helpful_ids, ids2], 1))
@@ -77,7 +82,7 @@ class TopInfluence:
 
 
 def _best(values: np.ndarray, ids: np.ndarray, top: int, *, largest: bool) -> tuple[np.ndarray, np.ndarray]:
-    key = -values if largest else values
+    key = np.where(np.isnan(values), np.inf, -values if largest else values)
     order = np.lexsort((ids, key), axis=1)[:, :top]  # by value, then by id
     return np.take_along_axis(values, order, 1), np.take_along_axis(ids, order, 1)
 
@@ -123,7 +128,7 @@ def compute_s_test(
 
 def _s_test(objective: Objective, train: Examples, test: Examples, solver: SolverConfig, seed: int,
             group: bool, chunk_size: int) -> Tensor:
-    v = test_vectors(objective, test, group=group, chunk_size=chunk_size)
+    v = grads_at_test_points(objective, test, group=group, chunk_size=chunk_size)
     s = make_solver(objective, train, solver, seed=seed, chunk_size=chunk_size).solve(v)
     require_finite_vectors(s, "s_test")
     return s
@@ -160,6 +165,11 @@ def explain(
     group: bool = False,
     device: str = "cpu",
     chunk_size: int = DEFAULT_CHUNK,
+    scaling: Any = None,
+    output_dir: str | None = None,
+    test_batch_size: int = 256,
+    candidates: np.ndarray | None = None,
+    address: str | None = None,
 ) -> pa.Table:
     """The ``top`` most harmful and most helpful training examples for each test point.
 
@@ -174,11 +184,33 @@ def explain(
             rows then carry ``test_id = -1``.
         device: where the model replica runs.
         chunk_size: training examples per batch of per-example gradients.
+        scaling: a :class:`rayif.ScalingConfig` to run on Ray: worker actors each hold one model replica,
+            share LiSSA's repetitions and score shards of the training set. ``None``: this process only.
+            The same seed gives the same result on any number of workers, and the single-process result.
+        output_dir: (Ray) one parquet file per test batch goes here; rerunning on the same folder resumes,
+            computing only the missing batches.
+        test_batch_size: (Ray) test points per batch: they share every sampled LiSSA batch and one pass of
+            gradients over the candidates.
+        candidates: (Ray) ``[m, k]`` training ids each test point may rank (its kNN), ``k >= top``; only
+            the union over a test batch is scored.
+        address: (Ray) the cluster to join; default ``RAY_ADDRESS``, else a local Ray started here.
 
     Returns:
         A ``pyarrow.Table`` in :data:`rayif.results.SCHEMA` (positive influence = harmful).
     """
     solver = solver or LissaConfig()
+    if scaling is not None:
+        if group:
+            raise RayifError("group influence runs in one process: drop scaling= for group=True")
+        from .distributed import run_explain
+
+        train_ex, test_ex = as_examples(train, name="training data"), as_examples(test, name="test data")
+        _check_top(top, len(train_ex))
+        return run_explain(task, train_ex, test_ex, top=top, solver=solver, seed=seed, scaling=scaling,
+                           output_dir=output_dir, test_batch_size=test_batch_size, chunk_size=chunk_size,
+                           candidates=candidates, address=address)
+    if candidates is not None or output_dir is not None:
+        raise RayifError("candidates= and output_dir= take scaling=ScalingConfig(...) (the Ray path)")
     objective, train_ex, test_ex = _prepare(task, train, test, device)
     _check_top(top, len(train_ex))
     s = _s_test(objective, train_ex, test_ex, solver, seed, group, chunk_size)

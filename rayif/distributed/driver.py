@@ -1,0 +1,281 @@
+"""The driver: test points in batches, s_test over the workers, sharded scoring, parquet per batch, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ..config import LissaConfig, SolverConfig, solver_to_dict
+from ..data import Examples
+from ..errors import RayifError
+from ..grads import Objective, require_finite_vectors
+from ..ihvp import estimate_scale
+from ..influence import DEFAULT_CHUNK, TopInfluence, grads_at_test_points
+from ..results import SCHEMA, ranked_table
+from .scaling import ScalingConfig, ensure_ray
+from .workers import InfluenceWorker
+
+log = logging.getLogger("rayif")
+
+MANIFEST = "_rayif_job.json"
+
+
+@dataclass
+class WorkerPool:
+    """``num_workers`` live replicas; the task and training data travel to them once, by reference."""
+
+    actors: list
+    infos: list[dict]
+    max_restarts: int
+    refs: tuple = ()  # the constructor's arguments: a restarted worker re-reads them, so they must outlive it
+
+    @classmethod
+    def start(cls, task, train: Examples, scaling: ScalingConfig, grad_cache_mb: float = 512.0) -> WorkerPool:
+        import ray
+
+        remote_cls = ray.remote(InfluenceWorker)
+        task_ref, train_ref = ray.put(task), ray.put(train)
+        opts = scaling.actor_options()
+        opts["max_task_retries"] = 0  # the driver resubmits a dead worker's calls itself (see _gather)
+        actors = [remote_cls.options(**opts).remote(task_ref, train_ref, scaling.use_gpu, grad_cache_mb)
+                  for _ in range(scaling.num_workers)]
+        pool = cls(actors, [], scaling.max_restarts, (task_ref, train_ref))
+        pool.infos = _gather(pool, [(i, "info", ()) for i in range(len(actors))])
+        for i, info in enumerate(pool.infos):
+            log.info("rayif worker %d on node %s (pid %s): device %s, GPU ids %s", i, info["node_id"][:12],
+                     info["pid"], info["device"], info["gpu_ids"] or "none")
+            if info["fallback"]:
+                log.warning("rayif worker %d: %s", i, info["fallback"])
+        return pool
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+
+
+def _gather(pool: WorkerPool, calls: list[tuple[int, str, tuple]]) -> list:
+    """Run ``(worker, method, args)`` calls and return their results in order.
+
+    A call whose worker died is resubmitted to the same handle, which Ray restarts from its constructor
+    (``max_restarts``): the dead worker's share is recomputed, nothing else is, and since every call is a
+    pure function of its arguments the result is identical to an undisturbed run.
+    """
+    import ray
+
+    def submit(k: int):
+        worker, method, args = calls[k]
+        return getattr(pool.actors[worker], method).remote(*args)
+
+    pending = {submit(k): k for k in range(len(calls))}
+    tries = [0] * len(calls)
+    results: list = [None] * len(calls)
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        k = pending.pop(ref)
+        try:
+            results[k] = ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            tries[k] += 1
+            if tries[k] > pool.max_restarts:
+                raise RayifError(
+                    f"rayif worker {calls[k][0]} died {tries[k]} times, more than ScalingConfig.max_restarts="
+                    f"{pool.max_restarts}; batches already written are kept: rerun with the same output_dir "
+                    "to resume"
+                ) from e
+            log.warning("rayif worker %d died during %s; recomputing its share on the restarted replica "
+                        "(retry %d of %d)", calls[k][0], calls[k][1], tries[k], pool.max_restarts)
+            pending[submit(k)] = k
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(getattr(e, "cause", None), RayifError):
+                raise e.cause from None
+            raise
+    return results
+
+
+def distributed_s_test(pool: WorkerPool, vectors: torch.Tensor, solver: SolverConfig, *, scale: float | None,
+                       seed: int, chunk_size: int, batch_index: int = 0) -> torch.Tensor:
+    """``s_test [m, p]``: LiSSA's T repetitions spread over the workers and averaged here, in order ``t``.
+
+    Repetition ``t`` always has seed ``(seed, t)`` and the sum runs in ``t`` order, so the result does not
+    depend on the number of workers. Exact and CG run whole on one worker.
+    """
+    import ray
+
+    v_ref = ray.put(vectors)
+    if isinstance(solver, LissaConfig):
+        w = len(pool.actors)
+        shares = [list(range(i, solver.repetitions, w)) for i in range(w)]
+        parts: dict[int, torch.Tensor] = {}
+        for got in _gather(pool, [(i, "lissa", (v_ref, solver, scale, seed, share))
+                                  for i, share in enumerate(shares) if share]):
+            parts.update(got)
+        total = torch.zeros_like(vectors)
+        for t in range(solver.repetitions):
+            total += parts[t]
+        s = total / solver.repetitions
+    else:
+        (s,) = _gather(pool, [(batch_index % len(pool.actors), "solve", (v_ref, solver, seed, chunk_size))])
+    require_finite_vectors(s, "s_test")
+    return s
+
+
+def distributed_score(pool: WorkerPool, s_test: torch.Tensor, n_train: int, *, top: int, chunk_size: int,
+                      positions: np.ndarray | None = None, candidates: np.ndarray | None = None) -> TopInfluence:
+    """Top influences, the training rows sharded by chunk across workers and merged here.
+
+    ``positions``: the training rows to score (the deduplicated union of the batch's candidates);
+    default all. Chunk boundaries are the single-process engine's, so values are bit-identical.
+    """
+    import ray
+
+    if positions is None:
+        chunks = [(s, min(s + chunk_size, n_train)) for s in range(0, n_train, chunk_size)]
+    else:
+        chunks = _runs(np.unique(positions), chunk_size)
+    s_ref = ray.put(s_test)
+    c_ref = None if candidates is None else ray.put(candidates)
+    w = len(pool.actors)
+    calls = [(i, "score", (s_ref, chunks[i::w], top, c_ref)) for i in range(w) if chunks[i::w]]
+    acc = TopInfluence(s_test.shape[0], top)
+    for part in _gather(pool, calls):
+        acc.merge(part)
+    return acc
+
+
+def _runs(sorted_positions: np.ndarray, chunk_size: int) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` runs covering the positions, each at most ``chunk_size`` long and aligned
+    to the global chunk grid (so a chunk's gradients are the same computation whatever else is scored)."""
+    out = []
+    for c in np.unique(sorted_positions // chunk_size):
+        inside = sorted_positions[(sorted_positions >= c * chunk_size) & (sorted_positions < (c + 1) * chunk_size)]
+        out.append((int(inside[0]), int(inside[-1]) + 1))
+    return out
+
+
+def run_explain(
+    task,
+    train: Examples,
+    test: Examples,
+    *,
+    top: int,
+    solver: SolverConfig,
+    seed: int,
+    scaling: ScalingConfig,
+    output_dir: str | Path | None = None,
+    test_batch_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK,
+    candidates: np.ndarray | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    grad_cache_mb: float = 512.0,
+) -> pa.Table:
+    """:func:`rayif.explain` on Ray (see there); ``output_dir`` gets one parquet file per test batch."""
+    ensure_ray(address)
+    objective = Objective(task)  # the driver's replica: validation, test gradients, the LiSSA scale
+    objective.check(train, "training data")
+    objective.check(test, "test data")
+    n = len(train)
+    scale = None
+    if isinstance(solver, LissaConfig):
+        scale = solver.scale or estimate_scale(objective, train, solver, seed)
+    meta = {"solver": solver_to_dict(solver), "seed": seed, "num_train": n, "group": False}
+    out = _prepare_output(output_dir, {**meta, "top": top, "num_test": len(test), "test_batch_size": test_batch_size,
+                                       "test_ids_head": test.ids[:8].tolist(), "knn": candidates is not None})
+    batches = [(i, slice(s, s + test_batch_size)) for i, s in enumerate(range(0, len(test), test_batch_size))]
+    todo = [(i, sl) for i, sl in batches if out is None or not _batch_path(out, i).exists()]
+    if len(todo) < len(batches):
+        log.info("resuming in %s: %d of %d test batches already done", out, len(batches) - len(todo), len(batches))
+    tables: dict[int, pa.Table] = {}
+    pool = WorkerPool.start(task, train, scaling, grad_cache_mb)
+    bar = _progress(len(batches), len(batches) - len(todo), progress)
+    try:
+        for i, sl in todo:
+            t0 = time.perf_counter()
+            part = test.take(sl)
+            cand = None if candidates is None else _candidate_mask(candidates[sl], train, top)
+            v = grads_at_test_points(objective, part, chunk_size=chunk_size)
+            s = distributed_s_test(pool, v, solver, scale=scale, seed=seed, chunk_size=chunk_size, batch_index=i)
+            positions = None if cand is None else np.flatnonzero(cand.any(0))
+            acc = distributed_score(pool, s, n, top=top, chunk_size=chunk_size, positions=positions, candidates=cand)
+            table = ranked_table(part.ids, acc.harmful_ids, acc.harmful, acc.helpful_ids, acc.helpful, meta)
+            if out is not None:
+                tmp = _batch_path(out, i).with_suffix(".tmp")
+                pq.write_table(table, tmp)
+                tmp.rename(_batch_path(out, i))  # a batch file exists only once complete
+            tables[i] = table
+            bar(f"batch {i}: {len(part)} test points in {time.perf_counter() - t0:.2f}s")
+    finally:
+        pool.shutdown()
+    if out is not None:
+        return read_results(out)
+    return pa.concat_tables([tables[i] for i, _ in batches])
+
+
+def read_results(output_dir: str | Path) -> pa.Table:
+    """All batch files of a job's output folder as one table, in test order."""
+    files = sorted(Path(output_dir).glob("batch-*.parquet"))
+    if not files:
+        return SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def _batch_path(out: Path, i: int) -> Path:
+    return out / f"batch-{i:06d}.parquet"
+
+
+def _prepare_output(output_dir, job: dict[str, Any]) -> Path | None:
+    if output_dir is None:
+        return None
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / MANIFEST
+    if manifest.exists():
+        before = json.loads(manifest.read_text())
+        if before != job:
+            diff = sorted(k for k in set(before) | set(job) if before.get(k) != job.get(k))
+            raise RayifError(f"{out} holds results of a different job (differs in {diff}); "
+                             "use a new output_dir or delete that one")
+    else:
+        manifest.write_text(json.dumps(job, indent=1))
+    return out
+
+
+def _candidate_mask(cand_ids: np.ndarray, train: Examples, top: int) -> np.ndarray:
+    """``[m, n]`` bool from ``[m, k]`` candidate training ids."""
+    cand_ids = np.asarray(cand_ids)
+    if cand_ids.ndim != 2 or cand_ids.shape[1] < top:
+        raise RayifError(f"candidates must be [m, k] training ids with k >= top={top}, got shape {cand_ids.shape}")
+    order = np.argsort(train.ids)
+    pos = np.searchsorted(train.ids, cand_ids, sorter=order)
+    pos = order[np.clip(pos, 0, len(order) - 1)]
+    if not (train.ids[pos] == cand_ids).all():
+        raise RayifError("candidates name ids that are not in the training data")
+    mask = np.zeros((len(cand_ids), len(train)), dtype=bool)
+    np.put_along_axis(mask, pos, True, axis=1)
+    return mask
+
+
+def _progress(total: int, done: int, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with ray[data]
+        tqdm = None
+    if enabled and tqdm is not None:
+        bar = tqdm(total=total, initial=done, unit="batch", desc="rayif")
+
+        def step(msg: str) -> None:
+            bar.update(1)
+            bar.set_postfix_str(msg)
+        return step
+    return lambda msg: log.info(msg)
