@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -16,6 +17,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from . import ExactConfig, LissaConfig, digits, explain, write_parquet
     from .config import CGConfig
+    from .distributed import ScalingConfig, ensure_ray
 
     t0 = time.perf_counter()
     split = digits.load_digits_split(n_train=args.train_size, n_test=360, seed=args.seed, dtype=np.float32)
@@ -29,10 +31,18 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"trained a 64-32-10 MLP on {args.train_size} digits in {time.perf_counter() - t0:.1f}s; "
           f"test accuracy {np.mean(pred == split.y_test):.3f}; explaining test points {picks.tolist()}")
     solver = {"lissa": LissaConfig(), "cg": CGConfig(damping=1e-3), "exact": ExactConfig(damping=1e-3)}[args.solver]
+    scaling = ScalingConfig(num_workers=args.workers) if args.workers > 0 else None
+    if scaling is not None:
+        ensure_ray(args.address)
     t1 = time.perf_counter()
     table = explain(task, (split.x_train, split.y_train), {"x": split.x_test[picks], "y": split.y_test[picks],
-                                                            "id": picks}, top=args.top, solver=solver, seed=args.seed)
+                                                            "id": picks}, top=args.top, solver=solver, seed=args.seed,
+                    scaling=scaling, address=args.address)
     took = time.perf_counter() - t1
+    if scaling is not None:
+        workers = json.loads(table.schema.metadata[b"rayif.workers"])
+        for i, w in enumerate(workers):
+            print(f"worker {i} ran on node {w['node_id']} ({w['device']})")
     rows = table.to_pylist()
     for t in picks:
         print(f"\ntest point {t}: label {split.y_test[t]}, predicted {pred[t]}")
@@ -42,7 +52,8 @@ def _demo(args: argparse.Namespace) -> int:
                               for r in mine)
             print(f"  most {kind}: {items}")
     out = write_parquet(table, Path(args.out) / "demo.parquet")
-    print(f"\ninfluence ({args.solver}) took {took:.1f}s; {table.num_rows} rows written to {out}")
+    where = f"{args.workers} Ray workers" if scaling else "this process"
+    print(f"\ninfluence ({args.solver}, {where}) took {took:.1f}s; {table.num_rows} rows written to {out}")
     print("positive influence = harmful: removing that example would lower this test point's loss")
     return 0
 
@@ -57,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--train-size", type=int, default=1000, help="training examples (of 1797 digits)")
     demo.add_argument("--solver", choices=["lissa", "cg", "exact"], default="lissa")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, default=2,
+                      help="Ray worker actors, one model replica each (0: run in this process without Ray)")
+    demo.add_argument("--address", default=None,
+                      help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     demo.add_argument("--out", default="rayif-out", help="folder the parquet result goes to")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)

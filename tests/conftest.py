@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ray
 import scipy.stats as st
 
 from rayif import digits
@@ -29,3 +30,12 @@ def correlations(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     s = [st.spearmanr(x, y)[0] for x, y in zip(a, b, strict=True)]
     top = [len(set(np.argsort(-x)[:10]) & set(np.argsort(-y)[:10])) for x, y in zip(a, b, strict=True)]
     return {"pearson": float(np.mean(p)), "spearman": float(np.mean(s)), "min_top10": int(min(top))}
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session: 2 CPUs and 2 fake GPUs (this machine has none)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -14,20 +14,11 @@ import torch
 import rayif
 from rayif import LissaConfig, ScalingConfig
 from rayif.data import as_examples
-from rayif.distributed import WorkerPool, distributed_s_test, distributed_score, run_explain
+from rayif.distributed import WorkerPool, distributed_s_test, distributed_score
 from rayif.grads import Objective
 from rayif.influence import grads_at_test_points
 
 LISSA = LissaConfig(depth=300, repetitions=4)
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the session: 2 CPUs and 2 fake GPUs (this machine has none)."""
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +131,5 @@ def test_dead_pool_says_how_to_resume(ray_local, data):
     pool = WorkerPool.start(task, ex, ScalingConfig(num_workers=1, max_restarts=0))
     v = grads_at_test_points(Objective(task), as_examples(test))
     ray.kill(pool.actors[0], no_restart=True)
-    with pytest.raises(rayif.RayifError, match="more than ScalingConfig.max_restarts=0.*rerun with the same output_dir"):
+    with pytest.raises(rayif.RayifError, match="max_restarts=0.*rerun with the same output_dir"):
         distributed_s_test(pool, v, LISSA, scale=1.0, seed=0, chunk_size=256)
-    assert run_explain  # the public path is the one the resume test drives

@@ -198,6 +198,7 @@ def run_explain(
         log.info("resuming in %s: %d of %d test batches already done", out, len(batches) - len(todo), len(batches))
     tables: dict[int, pa.Table] = {}
     pool = WorkerPool.start(task, train, scaling, grad_cache_mb)
+    meta["workers"] = [{k: info[k] for k in ("node_id", "device", "gpu_ids")} for info in pool.infos]
     bar = _progress(len(batches), len(batches) - len(todo), progress)
     try:
         for i, sl in todo:
