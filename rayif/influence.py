@@ -34,8 +34,12 @@ def grads_at_test_points(
 
 def influence_block(objective: Objective, s_test: Tensor, train_chunk: Examples) -> np.ndarray:
     """``[m, c]`` influence ``-s_test . grad L(z)`` of each training example in the chunk."""
-    g = objective.train_grads(train_chunk)
-    return (-(s_test.to(g.device) @ g.T)).double().cpu().numpy()
+    return influence_from_grads(s_test, objective.train_grads(train_chunk))
+
+
+def influence_from_grads(s_test: Tensor, train_grads: Tensor) -> np.ndarray:
+    """``[m, c]`` influence from ``s_test [m, p]`` and training gradients ``[c, p]``, as float64."""
+    return (-(s_test.to(train_grads.device) @ train_grads.T)).double().cpu().numpy()
 
 
 @dataclass

@@ -45,7 +45,6 @@ class WorkerPool:
         remote_cls = ray.remote(InfluenceWorker)
         task_ref, train_ref = ray.put(task), ray.put(train)
         opts = scaling.actor_options()
-        opts["max_task_retries"] = 0  # the driver resubmits a dead worker's calls itself (see _gather)
         actors = [remote_cls.options(**opts).remote(task_ref, train_ref, scaling.use_gpu, grad_cache_mb)
                   for _ in range(scaling.num_workers)]
         pool = cls(actors, [], scaling.max_restarts, (task_ref, train_ref))

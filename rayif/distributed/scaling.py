@@ -41,8 +41,9 @@ class ScalingConfig:
         res = dict(self.resources_per_worker or {})
         num_cpus = res.pop("CPU", 1)
         num_gpus = res.pop("GPU", 1 if self.use_gpu else 0)
+        # max_task_retries=0: the driver resubmits a dead worker's unfinished calls itself (driver._gather)
         opts = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": self.max_restarts,
-                "scheduling_strategy": self.placement_strategy}
+                "max_task_retries": 0, "scheduling_strategy": self.placement_strategy}
         if res:
             opts["resources"] = res
         return opts

@@ -13,7 +13,7 @@ from ..config import LissaConfig, SolverConfig
 from ..data import Examples
 from ..grads import Objective
 from ..ihvp import lissa_repetition, make_solver
-from ..influence import TopInfluence
+from ..influence import TopInfluence, influence_from_grads
 from ..task import Task
 
 log = logging.getLogger("rayif")
@@ -51,6 +51,7 @@ class InfluenceWorker:
         self._solvers: dict[tuple, object] = {}
         self._grads: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
         self._cache_bytes = int(grad_cache_mb * 2**20)
+        self._cached_bytes = 0
 
     def info(self) -> dict:
         return {"node_id": self.node_id, "pid": os.getpid(), "gpu_ids": self.gpu_ids, "device": self.device,
@@ -78,8 +79,7 @@ class InfluenceWorker:
         s = s_test.to(self.device)
         acc = TopInfluence(s.shape[0], top)
         for start, stop in chunks:
-            g = self._train_grads(start, stop)
-            scores = (-(s @ g.T)).double().cpu().numpy()
+            scores = influence_from_grads(s, self._train_grads(start, stop))
             mask = None if candidates is None else candidates[:, start:stop]
             acc.add(scores, self.train.ids[start:stop], mask)
         return acc
@@ -92,8 +92,9 @@ class InfluenceWorker:
         g = self.objective.train_grads(self.train.take(slice(start, stop)))
         size = g.numel() * g.element_size()
         if size <= self._cache_bytes:  # reused by the next test batch; least recently used goes first
-            while self._grads and sum(v.numel() * v.element_size() for v in self._grads.values()) + size > \
-                    self._cache_bytes:
-                self._grads.popitem(last=False)
+            while self._cached_bytes + size > self._cache_bytes:
+                _, old = self._grads.popitem(last=False)
+                self._cached_bytes -= old.numel() * old.element_size()
             self._grads[key] = g
+            self._cached_bytes += size
         return g
