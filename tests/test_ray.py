@@ -72,7 +72,7 @@ def test_a_killed_worker_is_replaced_and_the_result_is_identical(ray_local, data
     try:
         calm = distributed_s_test(pool, v, cfg, scale=scale, seed=0, chunk_size=256)
         calm_top = distributed_score(pool, calm, len(ex), top=10, chunk_size=128)
-        result = {}
+        result, pid = {}, ray.get(pool.actors[0].info.remote())["pid"]
         job = threading.Thread(target=lambda: result.update(
             s=distributed_s_test(pool, v, cfg, scale=scale, seed=0, chunk_size=256)))
         job.start()
@@ -80,7 +80,7 @@ def test_a_killed_worker_is_replaced_and_the_result_is_identical(ray_local, data
         ray.kill(pool.actors[0], no_restart=False)
         job.join(timeout=300)
         assert torch.equal(result["s"], calm)
-        assert ray.get(pool.actors[0].info.remote())["restarted"]
+        assert ray.get(pool.actors[0].info.remote())["pid"] != pid  # a new process replaced it
         # and during scoring
         job = threading.Thread(target=lambda: result.update(
             top=distributed_score(pool, calm, len(ex), top=10, chunk_size=128)))

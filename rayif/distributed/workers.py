@@ -45,7 +45,6 @@ class InfluenceWorker:
         if self.fallback:
             log.warning("rayif worker %s: %s", ctx.get_actor_id(), self.fallback)
         self.node_id = ctx.get_node_id()
-        self.restarted = ctx.was_current_actor_reconstructed
         self.objective = Objective(task, self.device)
         self.train = train
         self._solvers: dict[tuple, object] = {}
@@ -55,7 +54,7 @@ class InfluenceWorker:
 
     def info(self) -> dict:
         return {"node_id": self.node_id, "pid": os.getpid(), "gpu_ids": self.gpu_ids, "device": self.device,
-                "fallback": self.fallback, "restarted": self.restarted}
+                "fallback": self.fallback}
 
     def lissa(self, vectors: torch.Tensor, config: LissaConfig, scale: float, seed: int,
               repetitions: list[int]) -> dict[int, torch.Tensor]:
