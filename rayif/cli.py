@@ -31,7 +31,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"trained a 64-32-10 MLP on {args.train_size} digits in {time.perf_counter() - t0:.1f}s; "
           f"test accuracy {np.mean(pred == split.y_test):.3f}; explaining test points {picks.tolist()}")
     solver = {"lissa": LissaConfig(), "cg": CGConfig(damping=1e-3), "exact": ExactConfig(damping=1e-3)}[args.solver]
-    scaling = ScalingConfig(num_workers=args.workers) if args.workers > 0 else None
+    scaling = ScalingConfig(num_workers=args.workers, use_gpu=args.gpu) if args.workers > 0 else None
     if scaling is not None:
         ensure_ray(args.address)
     t1 = time.perf_counter()
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, default=2,
                       help="Ray worker actors, one model replica each (0: run in this process without Ray)")
+    demo.add_argument("--gpu", action="store_true", help="one GPU per worker (falls back to CPU, and says so)")
     demo.add_argument("--address", default=None,
                       help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     demo.add_argument("--out", default="rayif-out", help="folder the parquet result goes to")

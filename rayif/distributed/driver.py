@@ -178,8 +178,14 @@ def run_explain(
     address: str | None = None,
     progress: bool = True,
     grad_cache_mb: float = 512.0,
+    timings: dict[str, float] | None = None,
 ) -> pa.Table:
-    """:func:`rayif.explain` on Ray (see there); ``output_dir`` gets one parquet file per test batch."""
+    """:func:`rayif.explain` on Ray (see there); ``output_dir`` gets one parquet file per test batch.
+
+    ``timings``: if given, filled with the seconds spent per phase (``setup``, ``workers``, ``test_grads``,
+    ``s_test``, ``score``, ``write``), summed over batches; also logged at INFO.
+    """
+    clock = _Clock()
     ensure_ray(address)
     objective = Objective(task)  # the driver's replica: validation, test gradients, the LiSSA scale
     objective.check(train, "training data")
@@ -196,7 +202,9 @@ def run_explain(
     if len(todo) < len(batches):
         log.info("resuming in %s: %d of %d test batches already done", out, len(batches) - len(todo), len(batches))
     tables: dict[int, pa.Table] = {}
+    clock.lap("setup")
     pool = WorkerPool.start(task, train, scaling, grad_cache_mb)
+    clock.lap("workers")
     meta["workers"] = [{k: info[k] for k in ("node_id", "device", "gpu_ids")} for info in pool.infos]
     bar = _progress(len(batches), len(batches) - len(todo), progress)
     try:
@@ -205,21 +213,41 @@ def run_explain(
             part = test.take(sl)
             cand = None if candidates is None else _candidate_mask(candidates[sl], train, top)
             v = grads_at_test_points(objective, part, chunk_size=chunk_size)
+            clock.lap("test_grads")
             s = distributed_s_test(pool, v, solver, scale=scale, seed=seed, chunk_size=chunk_size, batch_index=i)
+            clock.lap("s_test")
             positions = None if cand is None else np.flatnonzero(cand.any(0))
             acc = distributed_score(pool, s, n, top=top, chunk_size=chunk_size, positions=positions, candidates=cand)
+            clock.lap("score")
             table = ranked_table(part.ids, acc.harmful_ids, acc.harmful, acc.helpful_ids, acc.helpful, meta)
             if out is not None:
                 tmp = _batch_path(out, i).with_suffix(".tmp")
                 pq.write_table(table, tmp)
                 tmp.rename(_batch_path(out, i))  # a batch file exists only once complete
             tables[i] = table
+            clock.lap("write")
             bar(f"batch {i}: {len(part)} test points in {time.perf_counter() - t0:.2f}s")
     finally:
         pool.shutdown()
+    log.info("rayif job seconds by phase: %s", ", ".join(f"{k} {v:.2f}" for k, v in clock.laps.items()))
+    if timings is not None:
+        timings.update(clock.laps)
     if out is not None:
         return read_results(out)
     return pa.concat_tables([tables[i] for i, _ in batches])
+
+
+class _Clock:
+    """Seconds per named phase, summed: ``lap(name)`` charges the time since the previous lap to ``name``."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def read_results(output_dir: str | Path) -> pa.Table:

@@ -51,6 +51,14 @@ class InfluenceWorker:
         self._grads: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
         self._cache_bytes = int(grad_cache_mb * 2**20)
         self._cached_bytes = 0
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        # The first per-example gradient and HVP in a fresh process pay about a second of torch.func set-up;
+        # paying it here overlaps it across workers at pool start instead of stalling the first batch.
+        one = self.train.take(slice(0, 1))
+        self.objective.train_grads(one)
+        self.objective.hvp(self.objective.theta[None], one.inputs.to(self.device), one.targets.to(self.device))
 
     def info(self) -> dict:
         return {"node_id": self.node_id, "pid": os.getpid(), "gpu_ids": self.gpu_ids, "device": self.device,

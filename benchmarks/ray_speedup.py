@@ -1,0 +1,167 @@
+"""Parallel FastIF on Ray against FastIF's naive loop, and 1 against 2 workers, measured in one run.
+
+    .venv/bin/python benchmarks/ray_speedup.py           # about 3 minutes on 2 cores
+    .venv/bin/python benchmarks/ray_speedup.py --quick   # about 40 s, smaller J and fewer test points
+
+The workload: the digits MLP (64-32-10, float32, p = 2410), 797 training images, all of them the candidates
+of every test point, and 1000 test points; LiSSA at FastIF's recommended shape (small B, J ~ 1000, T = 2,
+plain last iterate) with the same damping and scale for everyone.
+
+* **naive**: FastIF's reference loop, one test point at a time: a test gradient, its own LiSSA (T
+  repetitions of J single-vector HVPs, each a double backward through the module), then one backward per
+  candidate and a dot product. It shares nothing between test points, so its time per test point is
+  measured on ``--naive-points`` points and holds for any number of them.
+* **rayif, 1 and 2 workers**: ``explain(..., scaling=ScalingConfig(num_workers=w))`` over all the test
+  points, end to end (worker start-up, test gradients, s_test, scoring, ranking); the local Ray is started
+  before the clock runs. Test points share every sampled LiSSA batch (one batched HVP per step for the
+  whole test batch), and each candidate's gradient is computed once per test batch.
+
+The naive loop uses the same batches (repetition ``t`` draws from seed ``(seed, t)``), so its influence must
+match rayif's; the run checks that, and that 1 and 2 workers give identical tables, before it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_table, write_json  # noqa: E402
+
+from rayif import LissaConfig, ScalingConfig  # noqa: E402
+from rayif.data import as_examples  # noqa: E402
+from rayif.digits import digits_task, load_digits_split  # noqa: E402
+from rayif.distributed import ensure_ray  # noqa: E402
+from rayif.distributed.driver import run_explain  # noqa: E402
+from rayif.grads import Objective  # noqa: E402
+from rayif.ihvp import estimate_scale  # noqa: E402
+from rayif.ihvp.lissa import repetition_rng  # noqa: E402
+
+
+def naive_point(model, weight_decay, x_train, y_train, x, y, cfg: LissaConfig, seed: int) -> np.ndarray:
+    """FastIF's loop for one test point: influence of every training example, ``[n]``."""
+    params = list(model.parameters())
+
+    def flat(tensors):
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflat(vec):
+        return [c.view_as(p) for c, p in zip(vec.split([p.numel() for p in params]), params, strict=True)]
+
+    def objective(xb, yb):
+        return F.cross_entropy(model(xb), yb) + 0.5 * weight_decay * sum((p * p).sum() for p in params)
+
+    v = flat(torch.autograd.grad(F.cross_entropy(model(x[None]), y[None]), params))
+    n, total = len(x_train), torch.zeros_like(v)
+    for t in range(cfg.repetitions):
+        batches = repetition_rng(seed, t).integers(0, n, size=(cfg.depth, cfg.batch_size))
+        h = v.clone()
+        for j in range(cfg.depth):
+            g = torch.autograd.grad(objective(x_train[batches[j]], y_train[batches[j]]), params, create_graph=True)
+            hv = flat(torch.autograd.grad(g, params, grad_outputs=unflat(h)))
+            h = (v + (1 - cfg.damping) * h - hv / cfg.scale).detach()
+        total += h / cfg.scale
+    s_test = total / cfg.repetitions
+    out = np.empty(n)
+    for i in range(n):  # one backward per candidate
+        model.zero_grad()
+        objective(x_train[i : i + 1], y_train[i : i + 1]).backward()
+        out[i] = -float(s_test @ flat(p.grad for p in params))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--test-points", type=int, default=1000)
+    ap.add_argument("--depth", type=int, default=1000, help="LiSSA J")
+    ap.add_argument("--batch-size", type=int, default=8, help="LiSSA B")
+    ap.add_argument("--repetitions", type=int, default=2, help="LiSSA T")
+    ap.add_argument("--test-batch-size", type=int, default=256)
+    ap.add_argument("--naive-points", type=int, default=4)
+    ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="J=300, 200 test points, 2 naive points")
+    ap.add_argument("--out", help="JSON path (default benchmarks/results/ray_speedup.json)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.depth, args.test_points, args.naive_points = 300, 200, 2
+    logging.basicConfig(level=logging.WARNING)
+
+    split = load_digits_split(n_train=797, n_test=1000, dtype=np.float32)
+    task, _ = digits_task("mlp", split, dtype=torch.float32)
+    train = as_examples((split.x_train, split.y_train))
+    test = as_examples((split.x_test[: args.test_points], split.y_test[: args.test_points]))
+    base = LissaConfig(depth=args.depth, batch_size=args.batch_size, repetitions=args.repetitions, tail_average=0.0)
+    scale = estimate_scale(Objective(task), train, base, seed=0)
+    cfg = LissaConfig(depth=args.depth, batch_size=args.batch_size, repetitions=args.repetitions,
+                      tail_average=0.0, scale=scale)
+    print(f"digits MLP p=2410, n={len(train)} candidates, {len(test)} test points, "
+          f"LiSSA J={cfg.depth} B={cfg.batch_size} T={cfg.repetitions} damping={cfg.damping} scale={scale:.3g}")
+
+    model, xt, yt = task.model_factory(), torch.as_tensor(split.x_train), torch.as_tensor(split.y_train)
+    naive_values, t0 = [], time.perf_counter()
+    for i in range(args.naive_points):
+        naive_values.append(naive_point(model, task.weight_decay, xt, yt, test.inputs[i], test.targets[i], cfg, 0))
+    naive_per_point = (time.perf_counter() - t0) / args.naive_points
+    print(f"naive: {naive_per_point:.3f} s per test point ({args.naive_points} measured)")
+
+    ensure_ray()
+    runs = {}
+    for w in (1, 2):
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        table = run_explain(task, train, test, top=args.top, solver=cfg, seed=0,
+                            scaling=ScalingConfig(num_workers=w), test_batch_size=args.test_batch_size,
+                            progress=False, timings=timings)
+        runs[w] = {"wall_s": time.perf_counter() - t0, "table": table, "timings": timings}
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in timings.items())
+        print(f"rayif {w} worker(s): {runs[w]['wall_s']:.2f} s  ({phases})")
+
+    if runs[1]["table"].to_pydict() != runs[2]["table"].to_pydict():
+        raise SystemExit("1 and 2 workers gave different tables")
+    worst = 0.0
+    for i, want in enumerate(naive_values):
+        t = runs[2]["table"]
+        rows = t.filter((t["test_id"].to_numpy() == int(test.ids[i])) & (np.array(t["kind"].to_pylist()) == "harmful"))
+        got = rows["influence"].to_numpy()
+        ref = np.sort(want)[::-1][: len(got)]
+        worst = max(worst, float(np.abs(got - ref).max() / np.abs(ref).max()))
+    if worst > 1e-3:
+        raise SystemExit(f"naive and rayif influence disagree (max relative difference {worst:.2e})")
+
+    m = len(test)
+    rows = [{"method": "naive FastIF loop (1 process)", "points": args.naive_points,
+             "wall": naive_per_point * args.naive_points, "per_point": naive_per_point, "speedup": 1.0}]
+    for w in (1, 2):
+        per = runs[w]["wall_s"] / m
+        rows.append({"method": f"rayif, {w} Ray worker{'s' if w > 1 else ''}", "points": m, "wall": runs[w]["wall_s"],
+                     "per_point": per, "speedup": naive_per_point / per})
+    efficiency = runs[1]["wall_s"] / (2 * runs[2]["wall_s"])
+    print_table(f"amortised time per test point (baseline: naive, measured in this run); influence matches the "
+                f"naive loop to {worst:.1e}",
+                rows, [("method", "method", "s"), ("points", "test points", "d"), ("wall", "wall s", ".2f"),
+                       ("per_point", "s / test point", ".4f"), ("speedup", "x naive", ".1f")])
+    print(f"\n1 -> 2 workers: speedup {runs[1]['wall_s'] / runs[2]['wall_s']:.2f}x, parallel efficiency "
+          f"{efficiency:.0%} (goal >= 85%)")
+    write_json("ray_speedup", {
+        "config": {"depth": cfg.depth, "batch_size": cfg.batch_size, "repetitions": cfg.repetitions,
+                   "damping": cfg.damping, "scale": scale, "num_train": len(train), "num_test": m,
+                   "test_batch_size": args.test_batch_size, "naive_points": args.naive_points},
+        "naive_s_per_test_point": naive_per_point,
+        "rayif": {str(w): {"wall_s": r["wall_s"], "s_per_test_point": r["wall_s"] / m,
+                           "speedup_vs_naive": naive_per_point * m / r["wall_s"], "phases_s": r["timings"]}
+                  for w, r in runs.items()},
+        "efficiency_1_to_2_workers": efficiency,
+        "max_relative_difference_vs_naive": worst,
+    }, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
