@@ -15,8 +15,7 @@ import numpy as np
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from . import ExactConfig, LissaConfig, digits, explain, write_parquet
-    from .config import CGConfig
+    from . import digits, explain, write_parquet
     from .distributed import ScalingConfig, ensure_ray
 
     t0 = time.perf_counter()
@@ -30,7 +29,7 @@ def _demo(args: argparse.Namespace) -> int:
     picks = picks[: args.test_points]
     print(f"trained a 64-32-10 MLP on {args.train_size} digits in {time.perf_counter() - t0:.1f}s; "
           f"test accuracy {np.mean(pred == split.y_test):.3f}; explaining test points {picks.tolist()}")
-    solver = {"lissa": LissaConfig(), "cg": CGConfig(damping=1e-3), "exact": ExactConfig(damping=1e-3)}[args.solver]
+    solver = _solver(args.solver)
     scaling = ScalingConfig(num_workers=args.workers, use_gpu=args.gpu) if args.workers > 0 else None
     if scaling is not None:
         ensure_ray(args.address)
@@ -58,6 +57,41 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _solver(name: str):
+    from .config import CGConfig, ExactConfig, LissaConfig
+
+    return {"lissa": LissaConfig(), "cg": CGConfig(damping=1e-3), "exact": ExactConfig(damping=1e-3)}[name]
+
+
+def _recall(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import digits, write_parquet
+    from .index import IndexConfig, build_index, knn_recall, plot_recall
+
+    split = digits.load_digits_split(n_train=1000, n_test=200, seed=args.seed)
+    task, _ = digits.digits_task("mlp", split, weight_decay=1e-3, seed=args.seed, dtype=torch.float64)
+    out = Path(args.out)
+    index = build_index(task, (split.x_train, split.y_train), IndexConfig(kind=args.kind),
+                        path=out / f"digits-mlp-{args.kind}-index", num_rows=len(split.x_train))
+    ks = sorted({min(int(k), len(split.x_train)) for k in args.ks.split(",")})
+    test = (split.x_test[: args.test_points], split.y_test[: args.test_points])
+    t0 = time.perf_counter()
+    table = knn_recall(task, (split.x_train, split.y_train), test, index, ks, top=args.top,
+                       solver=_solver(args.solver), seed=args.seed)
+    print(f"recall of the top-{args.top} harmful (influence over all {len(split.x_train)} training digits, "
+          f"{args.solver}) among the k nearest in feature space ({args.kind} index), "
+          f"{args.test_points} test points, {time.perf_counter() - t0:.1f}s:")
+    print(f"{'k':>6} {'k/n':>6} {'mean':>6} {'min':>6} {'max':>6}")
+    for r in table.to_pylist():
+        print(f"{r['k']:>6} {r['fraction']:>6.1%} {r['recall_mean']:>6.3f} {r['recall_min']:>6.2f} "
+              f"{r['recall_max']:>6.2f}")
+    write_parquet(table, out / "recall.parquet")
+    png = plot_recall(table, out / "recall.png", title=f"digits MLP: top-{args.top} harmful among kNN")
+    print(f"wrote {out / 'recall.parquet'} and {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayif", description="Influence functions, the FastIF way, on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -75,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
                       help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     demo.add_argument("--out", default="rayif-out", help="folder the parquet result goes to")
     demo.set_defaults(run=_demo)
+    recall = sub.add_parser("recall", help="kNN recall of the most harmful training points (FastIF Fig. 3a), "
+                                           "digits MLP: table and PNG")
+    recall.add_argument("--test-points", type=int, default=50)
+    recall.add_argument("--top", type=int, default=10, help="the true top-m harmful to look for")
+    recall.add_argument("--ks", default="10,25,50,100,200,300,500,750,1000", help="comma-separated k values")
+    recall.add_argument("--kind", choices=["flat", "ivf_flat", "ivf_pq"], default="flat")
+    recall.add_argument("--solver", choices=["lissa", "cg", "exact"], default="exact")
+    recall.add_argument("--seed", type=int, default=0)
+    recall.add_argument("--out", default="rayif-out")
+    recall.set_defaults(run=_recall)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

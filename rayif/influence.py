@@ -92,12 +92,36 @@ def _best(values: np.ndarray, ids: np.ndarray, top: int, *, largest: bool) -> tu
 
 
 def score(objective: Objective, s_test: Tensor, train: Examples, *, top: int,
-          chunk_size: int = DEFAULT_CHUNK) -> TopInfluence:
-    """Top-``top`` harmful and helpful training examples per row of ``s_test``, one chunk in memory at a time."""
+          chunk_size: int = DEFAULT_CHUNK, candidates: np.ndarray | None = None) -> TopInfluence:
+    """Top-``top`` harmful and helpful training examples per row of ``s_test``, one chunk in memory at a time.
+
+    ``candidates [m, n] bool`` (optional): which training rows each test row may rank; chunks that hold no
+    candidate of any row are skipped.
+    """
     acc = TopInfluence(s_test.shape[0], top)
-    for chunk in train.chunks(chunk_size):
-        acc.add(influence_block(objective, s_test, chunk), chunk.ids)
+    for start in range(0, len(train), chunk_size):
+        stop = min(start + chunk_size, len(train))
+        mask = None if candidates is None else candidates[:, start:stop]
+        if mask is not None and not mask.any():
+            continue
+        chunk = train.take(slice(start, stop))
+        acc.add(influence_block(objective, s_test, chunk), chunk.ids, mask)
     return acc
+
+
+def candidate_mask(cand_ids: np.ndarray, train: Examples, top: int) -> np.ndarray:
+    """``[m, n]`` bool from ``[m, k]`` candidate training ids."""
+    cand_ids = np.asarray(cand_ids)
+    if cand_ids.ndim != 2 or cand_ids.shape[1] < top:
+        raise RayifError(f"candidates must be [m, k] training ids with k >= top={top}, got shape {cand_ids.shape}")
+    order = np.argsort(train.ids)
+    pos = np.searchsorted(train.ids, cand_ids, sorter=order)
+    pos = order[np.clip(pos, 0, len(order) - 1)]
+    if not (train.ids[pos] == cand_ids).all():
+        raise RayifError("candidates name ids that are not in the training data")
+    mask = np.zeros((len(cand_ids), len(train)), dtype=bool)
+    np.put_along_axis(mask, pos, True, axis=1)
+    return mask
 
 
 # --- the public single-process API ----------------------------------------------------------------
@@ -173,6 +197,8 @@ def explain(
     output_dir: str | None = None,
     test_batch_size: int = 256,
     candidates: np.ndarray | None = None,
+    index: Any = None,
+    k: int | None = None,
     address: str | None = None,
 ) -> pa.Table:
     """The ``top`` most harmful and most helpful training examples for each test point.
@@ -195,32 +221,47 @@ def explain(
             computing only the missing batches.
         test_batch_size: (Ray) test points per batch: they share every sampled LiSSA batch and one pass of
             gradients over the candidates.
-        candidates: (Ray) ``[m, k]`` training ids each test point may rank (its kNN), ``k >= top``; only
-            the union over a test batch is scored.
+        candidates: ``[m, k]`` training ids each test point may rank (its kNN), ``k >= top``; only the
+            union over a test batch is scored. With ``group=True``, ``[1, k]``.
+        index: a :class:`rayif.index.FeatureIndex` of the training features (``build_index``): each test
+            point's ``k`` nearest training rows become its candidates (FastIF's kNN preselection); with
+            ``group=True`` the neighbours of the test points' mean feature. A stale index is refused.
+        k: candidates per test point with ``index=``.
         address: (Ray) the cluster to join; default ``RAY_ADDRESS``, else a local Ray started here.
 
     Returns:
         A ``pyarrow.Table`` in :data:`rayif.results.SCHEMA` (positive influence = harmful).
     """
     solver = solver or LissaConfig()
+    train_ex, test_ex = as_examples(train, name="training data"), as_examples(test, name="test data")
+    _check_top(top, len(train_ex))
+    if index is not None:
+        if candidates is not None:
+            raise RayifError("pass candidates= or index= (with k=), not both")
+        if k is None or k < top:
+            raise RayifError(f"index= needs k= candidates per test point, at least top={top}; got k={k}")
+        candidates = index.candidates(task, test_ex, k, group=group)
+    rows = 1 if group else len(test_ex)
+    if candidates is not None and (np.ndim(candidates) != 2 or len(candidates) != rows):
+        raise RayifError(f"candidates must be [{rows}, k] training ids (one row per test point"
+                         f"{', one for the group' if group else ''}), got shape {np.shape(candidates)}")
     if scaling is not None:
         if group:
             raise RayifError("group influence runs in one process: drop scaling= for group=True")
         from .distributed import run_explain
 
-        train_ex, test_ex = as_examples(train, name="training data"), as_examples(test, name="test data")
-        _check_top(top, len(train_ex))
         return run_explain(task, train_ex, test_ex, top=top, solver=solver, seed=seed, scaling=scaling,
                            output_dir=output_dir, test_batch_size=test_batch_size, chunk_size=chunk_size,
                            candidates=candidates, address=address)
-    if candidates is not None or output_dir is not None:
-        raise RayifError("candidates= and output_dir= take scaling=ScalingConfig(...) (the Ray path)")
-    objective, train_ex, test_ex = _prepare(task, train, test, device)
-    _check_top(top, len(train_ex))
+    if output_dir is not None:
+        raise RayifError("output_dir= takes scaling=ScalingConfig(...) (the Ray path)")
+    objective, train_ex, test_ex = _prepare(task, train_ex, test_ex, device)
+    mask = None if candidates is None else candidate_mask(candidates, train_ex, top)
     s = _s_test(objective, train_ex, test_ex, solver, seed, group, chunk_size)
-    acc = score(objective, s, train_ex, top=top, chunk_size=chunk_size)
+    acc = score(objective, s, train_ex, top=top, chunk_size=chunk_size, candidates=mask)
     test_ids = np.array([GROUP_TEST_ID]) if group else test_ex.ids
-    meta = {"solver": solver_to_dict(solver), "seed": seed, "num_train": len(train_ex), "group": group}
+    meta = {"solver": solver_to_dict(solver), "seed": seed, "num_train": len(train_ex), "group": group,
+            "knn": candidates is not None}
     return ranked_table(test_ids, acc.harmful_ids, acc.harmful, acc.helpful_ids, acc.helpful, meta)
 
 

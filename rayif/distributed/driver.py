@@ -19,7 +19,7 @@ from ..data import Examples
 from ..errors import RayifError
 from ..grads import Objective, require_finite_vectors
 from ..ihvp import estimate_scale
-from ..influence import DEFAULT_CHUNK, TopInfluence, grads_at_test_points
+from ..influence import DEFAULT_CHUNK, TopInfluence, candidate_mask, grads_at_test_points
 from ..results import SCHEMA, ranked_table
 from .scaling import ScalingConfig, ensure_ray
 from .workers import InfluenceWorker
@@ -211,7 +211,7 @@ def run_explain(
         for i, sl in todo:
             t0 = time.perf_counter()
             part = test.take(sl)
-            cand = None if candidates is None else _candidate_mask(candidates[sl], train, top)
+            cand = None if candidates is None else candidate_mask(candidates[sl], train, top)
             v = grads_at_test_points(objective, part, chunk_size=chunk_size)
             clock.lap("test_grads")
             s = distributed_s_test(pool, v, solver, scale=scale, seed=seed, chunk_size=chunk_size, batch_index=i)
@@ -277,21 +277,6 @@ def _prepare_output(output_dir, job: dict[str, Any]) -> Path | None:
     else:
         manifest.write_text(json.dumps(job, indent=1))
     return out
-
-
-def _candidate_mask(cand_ids: np.ndarray, train: Examples, top: int) -> np.ndarray:
-    """``[m, n]`` bool from ``[m, k]`` candidate training ids."""
-    cand_ids = np.asarray(cand_ids)
-    if cand_ids.ndim != 2 or cand_ids.shape[1] < top:
-        raise RayifError(f"candidates must be [m, k] training ids with k >= top={top}, got shape {cand_ids.shape}")
-    order = np.argsort(train.ids)
-    pos = np.searchsorted(train.ids, cand_ids, sorter=order)
-    pos = order[np.clip(pos, 0, len(order) - 1)]
-    if not (train.ids[pos] == cand_ids).all():
-        raise RayifError("candidates name ids that are not in the training data")
-    mask = np.zeros((len(cand_ids), len(train)), dtype=bool)
-    np.put_along_axis(mask, pos, True, axis=1)
-    return mask
 
 
 def _progress(total: int, done: int, enabled: bool):

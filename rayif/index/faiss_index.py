@@ -1,0 +1,315 @@
+"""The FAISS index of training features: build from the Ray Data stream, persist, reload, query."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import Examples, as_examples
+from ..errors import RayifError
+from ..task import Task
+from .config import IndexConfig
+from .features import feature_batches
+
+log = logging.getLogger("rayif")
+
+INDEX_FILE, META_FILE = "index.faiss", "meta.json"
+FORMAT = 1
+
+
+def model_fingerprint(task: Task) -> str:
+    """sha256 over the replica's parameter and buffer names, shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for name, t in sorted(task.build_model().state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def feature_name(task: Task) -> str:
+    f = task.features
+    return "last_linear_input" if f is None else f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', f)}"
+
+
+@dataclass
+class FeatureIndex:
+    """Training features in a FAISS index whose ids are the training ids.
+
+    ``index`` is a plain FAISS index (``IndexIDMap2`` over flat, or IVF with ids): ``faiss.read_index`` of
+    the saved file returns training ids from ``search`` without rayif.
+    """
+
+    index: Any
+    meta: dict
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    # --- queries ----------------------------------------------------------------------------------
+
+    def search(self, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids [m, k], distances [m, k])`` of the ``k`` nearest training rows of each feature row.
+
+        Distances are squared L2 (ascending) or inner products (descending), as ``meta["metric"]`` says.
+        """
+        f = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
+        if f.ndim != 2 or f.shape[1] != self.dim:
+            raise RayifError(f"query features must be [m, {self.dim}] (the index's dimension), got {f.shape}")
+        if not np.isfinite(f).all():
+            raise RayifError("query features hold NaN/inf")
+        if not 1 <= k <= len(self):
+            raise RayifError(f"k={k} nearest neighbours asked of an index of {len(self)} training rows; "
+                             f"k must be in [1, {len(self)}]")
+        dist, ids = self._searcher().search(f, k)
+        if (ids < 0).any():  # IVF with too few probed cells returns -1 for missing neighbours
+            raise RayifError(f"the index found fewer than k={k} neighbours for some queries; raise "
+                             f"IndexConfig.nprobe (now {self.meta.get('nprobe')}) or lower k")
+        return ids, dist
+
+    def candidates(self, task: Task, test: Any, k: int, *, group: bool = False) -> np.ndarray:
+        """``[m, k]`` training ids nearest each test point in feature space (FastIF's kNN preselection).
+
+        ``group=True``: one row, the neighbours of the mean feature of all test points (FastIF's query for
+        a group of test points).
+        """
+        ex = test if isinstance(test, Examples) else as_examples(test, name="test data")
+        f = self.features_of(task, ex)
+        if group:
+            f = f.mean(0, keepdims=True)
+        return self.search(f, k)[0]
+
+    def features_of(self, task: Task, ex: Examples, chunk_size: int = 4096) -> np.ndarray:
+        self.check_task(task)
+        model = task.build_model()
+        parts = [task.compute_features(model, c.inputs).float().numpy() for c in ex.chunks(chunk_size)]
+        return np.concatenate(parts)
+
+    def check_task(self, task: Task) -> None:
+        """Refuse a task whose model or feature function is not the one the index was built with."""
+        got = {"model_fingerprint": model_fingerprint(task), "feature_fn": feature_name(task)}
+        diff = [k for k, v in got.items() if self.meta.get(k) != v]
+        if diff:
+            raise RayifError(f"this index is stale: it was built with a different {' and '.join(diff)} "
+                             f"({', '.join(f'{k} {self.meta.get(k)!s:.16} != {got[k]!s:.16}' for k in diff)}); "
+                             "rebuild it (build_index(..., rebuild=True)) or point to another directory")
+
+    def _searcher(self):
+        if getattr(self, "_gpu", None) is None:
+            self._gpu = _to_gpu(self.index) or self.index
+        return self._gpu
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``index.faiss`` (plain FAISS) and ``meta.json``; returns the directory."""
+        import faiss
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(d / (INDEX_FILE + ".tmp")))
+        (d / (INDEX_FILE + ".tmp")).rename(d / INDEX_FILE)
+        (d / META_FILE).write_text(json.dumps(self.meta, indent=1))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, task: Task | None = None, *, num_rows: int | None = None) -> FeatureIndex:
+        """Read a saved index; with ``task`` (and ``num_rows``) refuse it if it is stale for them."""
+        import faiss
+
+        d = Path(directory)
+        if not (d / INDEX_FILE).exists() or not (d / META_FILE).exists():
+            raise RayifError(f"{d} holds no rayif index ({INDEX_FILE} and {META_FILE})")
+        meta = json.loads((d / META_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise RayifError(f"{d}: index format {meta.get('format')} is not this rayif's {FORMAT}; rebuild it")
+        idx = cls(faiss.read_index(str(d / INDEX_FILE)), meta)
+        if idx.index.ntotal != meta["rows"] or idx.index.d != meta["dim"]:
+            raise RayifError(f"{d}: {INDEX_FILE} ({idx.index.ntotal} x {idx.index.d}) does not match {META_FILE} "
+                             f"({meta['rows']} x {meta['dim']}); rebuild it")
+        if task is not None:
+            idx.check_task(task)
+        if num_rows is not None and num_rows != meta["rows"]:
+            raise RayifError(f"this index is stale: it holds {meta['rows']} training rows, the training data has "
+                             f"{num_rows}; rebuild it (build_index(..., rebuild=True))")
+        return idx
+
+
+def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, path: str | Path | None = None,
+                rebuild: bool = False, input_column: str | Sequence[str] = "x", id_column: str = "id",
+                num_rows: int | None = None) -> FeatureIndex:
+    """Stream the training set through the model (Ray Data actors) into a FAISS index.
+
+    Args:
+        task: its ``features`` (default: the input of the last ``nn.Linear``) map inputs to ``[b, d]``.
+        train: a ``ray.data.Dataset`` or parquet path(s) with ``input_column`` and an integer ``id_column``,
+            or in-memory ``(inputs, targets)`` / ``Examples`` (ids: their ids, default row positions).
+        config: the index type and the pipeline; default exact L2 (``IndexConfig()``).
+        path: a directory to persist to. If it already holds an index built with this task's model,
+            feature function and config, that one is loaded instead of building; one built otherwise is
+            refused unless ``rebuild=True``.
+        num_rows: the training set's row count when known, checked against a reused index.
+    """
+    config = config or IndexConfig()
+    if path is not None and (Path(path) / META_FILE).exists() and not rebuild:
+        idx = FeatureIndex.load(path, task, num_rows=num_rows)
+        saved = idx.meta.get("config", {})
+        if {k: v for k, v in saved.items() if k not in _RUNTIME} != {
+                k: v for k, v in asdict(config).items() if k not in _RUNTIME}:
+            raise RayifError(f"{path} holds an index built with another IndexConfig ({saved}); pass "
+                             "rebuild=True to replace it or use another path")
+        log.info("reusing the FAISS index in %s (%d rows, %s)", path, len(idx), idx.meta["kind"])
+        return idx
+    from ..distributed import ensure_ray
+
+    ensure_ray()
+    t0 = time.perf_counter()
+    builder = _Builder(config, _dataset_rows(train))
+    for ids, feats in feature_batches(task, train, config, input_column=input_column, id_column=id_column):
+        builder.add(ids, feats)
+    index = builder.finish()
+    meta = {"format": FORMAT, "kind": config.kind, "metric": config.metric, "dim": builder.dim,
+            "rows": int(index.ntotal), "nlist": builder.nlist, "nprobe": builder.nprobe,
+            "model_fingerprint": model_fingerprint(task), "feature_fn": feature_name(task),
+            "config": asdict(config), "build_seconds": round(time.perf_counter() - t0, 3)}
+    idx = FeatureIndex(index, meta)
+    log.info("built a %s FAISS index of %d x %d in %.1fs (%s)", config.kind, len(idx), builder.dim,
+             meta["build_seconds"], _faiss_where(config))
+    if path is not None:
+        idx.save(path)
+    return idx
+
+
+_RUNTIME = ("batch_size", "use_gpu", "max_actors")  # how it was built, not what was built
+
+
+def _dataset_rows(train: Any) -> int | None:
+    """Row count without reading rows (parquet metadata, in-memory lengths); ``None`` if that needs a pass."""
+    import ray.data
+
+    if isinstance(train, ray.data.Dataset):
+        return None
+    if isinstance(train, (str, Path)) or (isinstance(train, (list, tuple)) and train
+                                          and all(isinstance(p, (str, Path)) for p in train)):
+        import pyarrow.parquet as pq
+
+        paths = [train] if isinstance(train, (str, Path)) else train
+        files = [f for p in paths for f in (sorted(Path(p).glob("**/*.parquet")) if Path(p).is_dir() else [p])]
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return None
+
+
+class _Builder:
+    """Adds streamed batches; an IVF index buffers the first ``train_size`` rows to train its quantiser."""
+
+    def __init__(self, config: IndexConfig, rows_hint: int | None):
+        self.config, self.rows_hint = config, rows_hint
+        self.index, self.dim, self.nlist, self.nprobe = None, None, None, None
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending_rows = 0
+        self.seen_ids = 0
+
+    def add(self, ids: np.ndarray, feats: np.ndarray) -> None:
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        if feats.ndim != 2 or len(feats) != len(ids):
+            raise RayifError(f"the feature function must return [b, d] for b rows, got {feats.shape} for {len(ids)}")
+        if self.dim is None:
+            self.dim = feats.shape[1]
+        elif feats.shape[1] != self.dim:
+            raise RayifError(f"the feature function returned dimension {feats.shape[1]} after {self.dim}: "
+                             "features must have one fixed dimension")
+        if not np.isfinite(feats).all():
+            bad = ids[~np.isfinite(feats).all(1)][:10]
+            raise RayifError(f"features of training ids {bad.tolist()} hold NaN/inf")
+        self.seen_ids += len(ids)
+        if self.index is None and self.config.kind != "flat":
+            self.pending.append((ids, feats))
+            self.pending_rows += len(ids)
+            if self.pending_rows >= self.config.train_size:
+                self._start(np.concatenate([f for _, f in self.pending]))
+            return
+        if self.index is None:
+            self._start(None)
+        self._add(ids, feats)
+
+    def _start(self, sample: np.ndarray | None) -> None:
+        import faiss
+
+        metric = faiss.METRIC_L2 if self.config.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        if self.config.kind == "flat":
+            self.index = faiss.index_factory(self.dim, "IDMap2,Flat", metric)
+            return
+        n = max(self.rows_hint or 0, len(sample))
+        self.nlist = min(self.config.cells(n), max(1, len(sample) // 39))
+        code = "Flat" if self.config.kind == "ivf_flat" else f"PQ{self.config.pq_m}x{self.config.pq_bits}"
+        if self.config.kind == "ivf_pq" and self.dim % self.config.pq_m:
+            raise RayifError(f"IndexConfig.pq_m={self.config.pq_m} must divide the feature dimension {self.dim}")
+        self.index = faiss.index_factory(self.dim, f"IVF{self.nlist},{code}", metric)
+        ivf = faiss.extract_index_ivf(self.index)
+        ivf.cp.seed = self.config.seed
+        self.index.train(np.ascontiguousarray(sample[: self.config.train_size]))
+        self.nprobe = self.config.probes(self.nlist)
+        ivf.nprobe = self.nprobe
+        pending, self.pending = self.pending, []
+        for ids, feats in pending:
+            self._add(ids, feats)
+
+    def _add(self, ids: np.ndarray, feats: np.ndarray) -> None:
+        self.index.add_with_ids(feats, ids.astype(np.int64))
+
+    def finish(self):
+        if self.seen_ids == 0:
+            raise RayifError("the training data is empty: no rows to index")
+        if self.index is None:  # fewer rows than train_size: train on all of them
+            self._start(np.concatenate([f for _, f in self.pending]) if self.pending else None)
+        if self.index.ntotal != self.seen_ids:
+            raise RayifError(f"{self.seen_ids} rows streamed but the index holds {self.index.ntotal}")
+        ids = _ids_of(self.index)
+        if ids is not None and len(np.unique(ids)) != len(ids):
+            raise RayifError("training ids are not unique: the id column must identify each row")
+        return self.index
+
+
+def _ids_of(index) -> np.ndarray | None:
+    import faiss
+
+    if isinstance(index, faiss.IndexIDMap2) or hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map)
+    return None
+
+
+def _faiss_where(config: IndexConfig) -> str:
+    import faiss
+
+    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    return f"FAISS searches on {n} GPU(s)" if n else "FAISS on CPU (no GPU visible to FAISS)"
+
+
+def _to_gpu(index):
+    """A GPU copy of ``index`` when FAISS sees GPUs, else ``None``; logs which."""
+    import faiss
+
+    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if n == 0:
+        log.info("FAISS on CPU: no GPU visible to FAISS (faiss-cpu, or no CUDA device)")
+        return None
+    try:
+        gpu = faiss.index_cpu_to_all_gpus(index)
+    except Exception as e:  # an index type without a GPU implementation (e.g. some PQ sizes)
+        log.warning("FAISS index stays on CPU: copying it to GPU failed: %s", e)
+        return None
+    log.info("FAISS on %d GPU(s)", n)
+    return gpu
