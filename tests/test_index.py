@@ -118,6 +118,10 @@ def test_bad_inputs_give_clear_errors(built, ray_local, tmp_path):
                    tmp_path / "noid.parquet")
     with pytest.raises(RayifError, match=r"no column\(s\) \['id'\].*stable integer id"):
         build_index(task, str(tmp_path / "noid.parquet"))
+    pq.write_table(pa.table({"id": np.arange(10.0), "x": pa.FixedSizeListArray.from_arrays(
+        pa.array(split.x_train[:10].ravel()), 64)}), tmp_path / "floatid.parquet")
+    with pytest.raises(RayifError, match="id column 'id' must hold integers, got float64"):
+        build_index(task, str(tmp_path / "floatid.parquet"))  # raised inside a Ray Data actor
     with pytest.raises(RayifError, match=r"no column\(s\) \['x'\]"):
         build_index(task, ray.data.from_items([{"id": 0, "pixels": split.x_train[0]}]))
     with pytest.raises(RayifError, match="empty"):

@@ -21,8 +21,9 @@ class IndexConfig:
         nlist: IVF cells; ``None``: ``round(sqrt(n))`` clamped so every cell has >= 39 training rows.
         nprobe: IVF cells visited per query; recall rises and speed falls with it. ``None``: ``nlist // 4``
             at least 1, which gave recall >= 0.95 against flat on digits and on 64-d synthetic data.
-        train_size: rows whose features train the IVF quantiser: the first ones out of the pipeline, which
-            reads blocks in a seeded random order so they sample the whole set (not the head of the files).
+        train_size: rows whose features train the IVF quantiser: the first ones out of the pipeline. Parquet
+            files are read in a seeded random order so they sample the whole set, not the head of the first
+            file; a ``ray.data.Dataset`` is taken in its own order (shuffle it if it is sorted).
         pq_m: PQ sub-quantisers (``ivf_pq``); must divide the feature dimension.
         pq_bits: bits per PQ code (``ivf_pq``).
         batch_size: rows per ``map_batches`` call of the feature actors.
@@ -30,7 +31,7 @@ class IndexConfig:
             one; falls back to CPU with a log line.
         max_actors: upper bound of the autoscaling feature-actor pool; ``None``: as many as the cluster's
             free CPUs (or GPUs) allow while leaving one CPU for Ray Data's read tasks.
-        seed: block order of the pipeline and the IVF k-means.
+        seed: the order parquet files are read in for IVF, and the IVF k-means.
     """
 
     kind: str = "flat"

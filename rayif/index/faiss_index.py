@@ -178,13 +178,17 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
     ensure_ray()
     t0 = time.perf_counter()
     builder = _Builder(config, _dataset_rows(train))
+    first = None
     for ids, feats in feature_batches(task, train, config, input_column=input_column, id_column=id_column):
+        if first is None:
+            first = (time.perf_counter() - t0, len(ids))
         builder.add(ids, feats)
     index = builder.finish()
     meta = {"format": FORMAT, "kind": config.kind, "metric": config.metric, "dim": builder.dim,
             "rows": int(index.ntotal), "nlist": builder.nlist, "nprobe": builder.nprobe,
             "model_fingerprint": model_fingerprint(task), "feature_fn": feature_name(task),
-            "config": asdict(config), "build_seconds": round(time.perf_counter() - t0, 3)}
+            "config": asdict(config), "build_seconds": round(time.perf_counter() - t0, 3),
+            "first_batch_seconds": round(first[0], 3), "first_batch_rows": first[1]}
     idx = FeatureIndex(index, meta)
     log.info("built a %s FAISS index of %d x %d in %.1fs (%s)", config.kind, len(idx), builder.dim,
              meta["build_seconds"], _faiss_where(config))
@@ -239,11 +243,17 @@ class _Builder:
             self.pending.append((ids, feats))
             self.pending_rows += len(ids)
             if self.pending_rows >= self.config.train_size:
-                self._start(np.concatenate([f for _, f in self.pending]))
+                self._start(self._sample())
             return
         if self.index is None:
             self._start(None)
         self._add(ids, feats)
+
+    def _sample(self) -> np.ndarray:
+        """The buffered features sorted by id: k-means then sees the same order however the stream ran."""
+        ids = np.concatenate([i for i, _ in self.pending])
+        feats = np.concatenate([f for _, f in self.pending])
+        return feats[np.argsort(ids, kind="stable")]
 
     def _start(self, sample: np.ndarray | None) -> None:
         import faiss
@@ -274,7 +284,7 @@ class _Builder:
         if self.seen_ids == 0:
             raise RayifError("the training data is empty: no rows to index")
         if self.index is None:  # fewer rows than train_size: train on all of them
-            self._start(np.concatenate([f for _, f in self.pending]) if self.pending else None)
+            self._start(self._sample() if self.pending else None)
         if self.index.ntotal != self.seen_ids:
             raise RayifError(f"{self.seen_ids} rows streamed but the index holds {self.index.ntotal}")
         ids = _ids_of(self.index)

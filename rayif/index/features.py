@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ from .config import IndexConfig
 log = logging.getLogger("rayif")
 
 
-def training_dataset(data: Any, *, input_column: str | Sequence[str] = "x", id_column: str = "id"):
+def training_dataset(data: Any, *, input_column: str | Sequence[str] = "x", id_column: str = "id",
+                     shuffle_files_seed: int | None = None):
     """The training set as a ``ray.data.Dataset`` with an integer id column.
 
     ``data``: a ``ray.data.Dataset`` or parquet path(s), which must carry ``id_column`` (ids of rows read in
     parallel are only stable if they are in the data), or in-memory arrays / ``Examples`` / a mapping,
-    whose ids default to row positions.
+    whose ids default to row positions. ``shuffle_files_seed``: read parquet files in a seeded random order.
     """
     import ray.data
 
@@ -32,13 +34,11 @@ def training_dataset(data: Any, *, input_column: str | Sequence[str] = "x", id_c
     elif isinstance(data, (str, Path)) or (isinstance(data, (list, tuple)) and data
                                            and all(isinstance(p, (str, Path)) for p in data)):
         paths = [str(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
-        ds = ray.data.read_parquet(paths)
+        shuffle = None if shuffle_files_seed is None else ray.data.FileShuffleConfig(seed=shuffle_files_seed)
+        ds = ray.data.read_parquet(paths, shuffle=shuffle)
     else:
         ex = data if isinstance(data, Examples) else as_examples(data, name="training data")
-        ds = ray.data.from_items([{id_column: int(i), "x": x} for i, x in zip(ex.ids, ex.inputs.numpy(),
-                                                                               strict=True)])
-        input_column = "x"
-        return ds, input_column
+        return ray.data.from_arrow(_arrow_blocks(ex, id_column)), "x"
     names = ds.schema().names if ds.schema() is not None else []
     wanted = [id_column, *([input_column] if isinstance(input_column, str) else input_column)]
     missing = [c for c in wanted if c not in names]
@@ -47,6 +47,21 @@ def training_dataset(data: Any, *, input_column: str | Sequence[str] = "x", id_c
                 if id_column in missing else "")
         raise RayifError(f"training data has no column(s) {missing}{hint}; its columns are {names}")
     return ds, input_column
+
+
+def _arrow_blocks(ex: Examples, id_column: str, rows: int = 16_384) -> list:
+    """In-memory examples as Arrow tables of ``rows`` rows: ``id_column`` and ``x`` as nested fixed-size lists."""
+    import pyarrow as pa
+
+    x = ex.inputs.numpy()
+    blocks = []
+    for start in range(0, len(x), rows):
+        part = np.ascontiguousarray(x[start : start + rows])
+        col = pa.array(part.reshape(-1))
+        for size in reversed(part.shape[1:]):
+            col = pa.FixedSizeListArray.from_arrays(col, size)
+        blocks.append(pa.table({id_column: ex.ids[start : start + rows], "x": col}))
+    return blocks
 
 
 class FeatureActor:
@@ -59,23 +74,42 @@ class FeatureActor:
         self.task, self.input_column, self.id_column = task, input_column, id_column
         self.model = task.build_model(self.device)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(_inputs(batch, self.input_column))).to(self.device)
         with torch.no_grad():
             f = self.task.compute_features(self.model, x)
-        ids = np.asarray(batch[self.id_column])
+        ids = _column(batch, self.id_column)
         if not np.issubdtype(ids.dtype, np.integer):
             raise RayifError(f"id column {self.id_column!r} must hold integers, got {ids.dtype}")
         return {"id": ids.astype(np.int64), "feature": f.float().cpu().numpy()}
 
 
-def _inputs(batch: dict[str, np.ndarray], column: str | Sequence[str]) -> np.ndarray:
+def _inputs(batch, column: str | Sequence[str]) -> np.ndarray:
     if not isinstance(column, str):  # scalar columns side by side: one input vector per row
-        return np.stack([np.asarray(batch[c]) for c in column], axis=1)
-    x = batch[column]
-    if x.dtype == object:  # list<...> columns arrive as arrays of arrays
-        x = np.stack([np.asarray(v) for v in x])
-    return x
+        return np.stack([_column(batch, c) for c in column], axis=1)
+    return _column(batch, column)
+
+
+def _column(batch, name: str) -> np.ndarray:
+    """Column ``name`` of a pyarrow batch as one numpy array ``[b, ...]``, without per-row copies."""
+    import pyarrow as pa
+
+    col = batch.column(name).combine_chunks()
+    if isinstance(col, pa.ExtensionArray) and hasattr(col, "to_numpy"):  # Ray's tensor columns
+        return np.asarray(col.to_numpy())
+    shape = []
+    while pa.types.is_fixed_size_list(col.type):  # [b, d1, d2, ...] as nested fixed-size lists
+        shape.append(col.type.list_size)
+        col = col.flatten()
+    arr = col.to_numpy(zero_copy_only=False)
+    if shape:
+        return arr.reshape(-1, *shape)
+    if arr.dtype == object:  # variable-length lists: the rows must still share one shape
+        try:
+            arr = np.stack([np.asarray(v) for v in arr])
+        except ValueError as e:
+            raise RayifError(f"column {name!r} holds rows of different shapes: {e}") from None
+    return arr
 
 
 def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column: str | Sequence[str] = "x",
@@ -87,20 +121,43 @@ def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column:
     import ray
     from ray.data import ActorPoolStrategy
 
-    ds, input_column = training_dataset(data, input_column=input_column, id_column=id_column)
-    ds = ds.randomize_block_order(seed=config.seed)  # the first rows out sample the whole set (IVF training)
-    size, per_actor = _pool_size(ray.available_resources(), config)
-    log.info("rayif features: Ray Data actor pool of 1..%d actors, %s each", size, per_actor)
-    feats = ds.map_batches(
-        FeatureActor,
-        fn_constructor_kwargs={"task": task, "input_column": input_column, "id_column": id_column,
-                               "use_gpu": config.use_gpu},
-        batch_size=config.batch_size,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=1, max_size=size),
-        **per_actor,
-    )
-    yield from ((b["id"], b["feature"]) for b in feats.iter_batches(batch_size=None, batch_format="numpy"))
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.target_max_block_size
+    # Small blocks keep the stream moving and bound what is in flight: with the default (128 MiB) a 2-CPU
+    # node reads a million rows as 3 blocks and the driver holds several hundred MiB of them at once.
+    # (A Dataset copies the context when it is made, so this goes first.)
+    ctx.target_max_block_size = _BLOCK_BYTES
+    try:
+        # An IVF quantiser trains on the first rows out: read files in random order so they sample the
+        # whole set. (Ray's randomize_block_order would too, but it is all-to-all: it reads everything
+        # before the first feature is computed, which breaks streaming.)
+        seed = None if config.kind == "flat" else config.seed
+        ds, input_column = training_dataset(data, input_column=input_column, id_column=id_column,
+                                            shuffle_files_seed=seed)
+        size, per_actor = _pool_size(ray.available_resources(), config)
+        log.info("rayif features: Ray Data actor pool of 1..%d actors, %s each", size, per_actor)
+        feats = ds.map_batches(
+            FeatureActor,
+            fn_constructor_kwargs={"task": task, "input_column": input_column, "id_column": id_column,
+                                   "use_gpu": config.use_gpu},
+            batch_size=config.batch_size,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(min_size=1, max_size=size),
+            **per_actor,
+        )
+    finally:
+        ctx.target_max_block_size = saved
+    try:
+        for b in feats.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            yield b["id"], b["feature"]
+    except Exception as e:  # Ray Data wraps a feature actor's RayifError in its own errors, as text
+        found = re.findall(r"RayifError: (.+)", str(e))
+        if found:
+            raise RayifError(found[-1].strip()) from None
+        raise
+
+
+_BLOCK_BYTES = 16 * 2**20
 
 
 def _pool_size(free: dict[str, float], config: IndexConfig) -> tuple[int, dict[str, float]]:
@@ -112,10 +169,11 @@ def _pool_size(free: dict[str, float], config: IndexConfig) -> tuple[int, dict[s
     cpus = float(free.get("CPU", 1.0))
     if config.use_gpu and free.get("GPU", 0) >= 1:
         size, per_actor = int(free["GPU"]), {"num_gpus": 1, "num_cpus": min(1.0, cpus / 4)}
-    elif cpus >= 2:
+    elif cpus >= 8:
         size, per_actor = int(cpus) - 1, {"num_cpus": 1}
-    else:  # one CPU (or less) free: share it with the readers
-        size, per_actor = 1, {"num_cpus": max(cpus / 2, 0.01)}
+    else:  # a small node: one actor per CPU on fractions that still leave one CPU to the readers
+        size = max(1, int(cpus))
+        per_actor = {"num_cpus": max(0.01, (cpus - 1) / size) if cpus >= 2 else max(0.01, cpus / 2)}
     if config.use_gpu and "num_gpus" not in per_actor:
         log.warning("rayif features: IndexConfig.use_gpu but the cluster has no free GPU: features on CPU")
     if config.max_actors is not None:

@@ -1,0 +1,194 @@
+"""Streaming FAISS index build through Ray Data against a plain single-process loop over the same rows.
+
+    .venv/bin/python benchmarks/index_build.py            # 1,000,000 x 64 synthetic parquet, ~2 minutes
+    .venv/bin/python benchmarks/index_build.py --rows 200000
+
+The data: ``--rows`` rows of 64 float32 features in 16 parquet files (``x`` a fixed-size list, ``id``),
+written once to ``benchmarks/results/data`` and reused. The model: a small MLP 64-128-64-10 (ReLU); its
+features are the 64-d input of the last layer. Both builds make the same exact (flat L2) index with ids.
+
+* **single process**: ``pyarrow`` reads each file in batches, the model runs on them (torch on every core),
+  FAISS adds the features with their ids. Nothing else runs.
+* **rayif**: ``build_index(task, parquet_dir)``: Ray Data read tasks, an autoscaling pool of feature actors
+  (``map_batches``), features streamed to the driver's FAISS index. The local Ray is started before the
+  clock runs; the actor pool's start-up is inside it.
+
+Memory: the peak resident set of this (driver) process, sampled every 50 ms, and the peak summed over
+this process and every Ray worker process (``ray::`` in its command line), against the index's own size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import RESULTS, print_table, write_json  # noqa: E402
+
+from rayif import Task  # noqa: E402
+from rayif.index import IndexConfig, build_index  # noqa: E402
+
+DIM, FILES = 64, 16
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(DIM, 128), torch.nn.ReLU(), torch.nn.Linear(128, DIM),
+                               torch.nn.ReLU(), torch.nn.Linear(DIM, 10))
+
+
+def _mse(out, y):
+    return ((out - y) ** 2).mean(1)
+
+
+def write_data(rows: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = RESULTS / "data" / f"synthetic_{rows}x{DIM}"
+    if out.exists() and len(list(out.glob("*.parquet"))) == FILES:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    per = -(-rows // FILES)
+    for f in range(FILES):
+        lo, hi = f * per, min(rows, (f + 1) * per)
+        x = rng.standard_normal((hi - lo, DIM), dtype=np.float32)
+        table = pa.table({"id": np.arange(lo, hi, dtype=np.int64),
+                          "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)})
+        pq.write_table(table, out / f"part-{f:03d}.parquet")
+    return out
+
+
+def single_process(data: Path, model: torch.nn.Module, batch: int):
+    import faiss
+    import pyarrow.parquet as pq
+
+    index = faiss.index_factory(DIM, "IDMap2,Flat")
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    head = torch.nn.Sequential(*list(model.children())[:-1])
+    assert list(model.children())[-1] is last
+    with torch.no_grad():
+        for f in sorted(data.glob("*.parquet")):
+            for b in pq.ParquetFile(f).iter_batches(batch_size=batch):
+                x = b.column("x").flatten().to_numpy().reshape(-1, DIM)
+                feats = head(torch.from_numpy(x)).numpy()
+                index.add_with_ids(np.ascontiguousarray(feats), b.column("id").to_numpy())
+    return index
+
+
+class RssPeak:
+    """Peak RSS (MiB) of this process, and of this process plus every ``ray::`` worker, sampled in a thread."""
+
+    def __init__(self, period: float = 0.05):
+        self.period, self.own, self.total = period, 0.0, 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+    def _run(self):
+        while not self._stop.is_set():
+            own = _rss(Path("/proc/self"))
+            workers = sum(_rss(p) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_ray_worker(p))
+            self.own, self.total = max(self.own, own), max(self.total, own + workers)
+            time.sleep(self.period)
+
+
+def _rss(p: Path) -> float:
+    try:
+        for line in (p / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _is_ray_worker(p: Path) -> bool:
+    try:
+        return (p / "cmdline").read_bytes().startswith(b"ray::")
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--batch-size", type=int, default=IndexConfig().batch_size)
+    ap.add_argument("--out", help="JSON path (default benchmarks/results/index_build.json)")
+    args = ap.parse_args(argv)
+    import ray
+
+    data = write_data(args.rows)
+    model = make_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def factory():
+        m = make_model()
+        m.load_state_dict(state)
+        return m
+
+    task = Task(model_factory=factory, loss=_mse)
+    index_mib = args.rows * (DIM * 4 + 8) / 2**20
+    print(f"{args.rows:,} rows x {DIM} in {FILES} parquet files; MLP 64-128-64-10; flat index ~{index_mib:.0f} MiB; "
+          f"torch threads {torch.get_num_threads()}")
+
+    with RssPeak() as mem_single:
+        t0 = time.perf_counter()
+        base = single_process(data, model, args.batch_size)
+        single_s = time.perf_counter() - t0
+    print(f"single process: {single_s:.2f} s")
+    del base
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    with RssPeak() as mem_ray:
+        t0 = time.perf_counter()
+        idx = build_index(task, str(data), IndexConfig(batch_size=args.batch_size))
+        ray_s = time.perf_counter() - t0
+    first_s, first_rows = idx.meta["first_batch_seconds"], idx.meta["first_batch_rows"]
+    steady = (args.rows - first_rows) / (ray_s - first_s)
+    print(f"rayif build_index: {ray_s:.2f} s; the first features reached the index after {first_s:.2f} s "
+          f"(pipeline start-up), then {steady:,.0f} rows/s")
+    assert len(idx) == args.rows
+
+    rows = [
+        {"method": "single-process loop", "seconds": single_s, "rows_s": args.rows / single_s, "ratio": 1.0,
+         "own": mem_single.own, "total": mem_single.total},
+        {"method": "rayif build_index (Ray Data)", "seconds": ray_s, "rows_s": args.rows / ray_s,
+         "ratio": single_s / ray_s, "own": mem_ray.own, "total": mem_ray.total},
+        {"method": "  after its first batch (steady state)", "seconds": ray_s - first_s, "rows_s": steady,
+         "ratio": steady / (args.rows / single_s)},
+    ]
+    print_table(f"streaming index build, {args.rows:,} rows (baseline: single-process loop, this run); "
+                f"index {index_mib:.0f} MiB",
+                rows, [("method", "method", "s"), ("seconds", "seconds", ".2f"), ("rows_s", "rows/s", ",.0f"),
+                       ("ratio", "x single", ".2f"), ("own", "driver peak RSS MiB", ".0f"),
+                       ("total", "driver+workers MiB", ".0f")])
+    print(f"\nrows/s ratio {single_s / ray_s:.2f} (goal >= 0.8); driver peak RSS {mem_ray.own:.0f} MiB vs index "
+          f"{index_mib:.0f} MiB + 1024 (goal: at most {index_mib + 1024:.0f})")
+    write_json("index_build", {
+        "rows": args.rows, "dim": DIM, "files": FILES, "batch_size": args.batch_size, "index_mib": index_mib,
+        "single_process": {"seconds": single_s, "rows_per_s": args.rows / single_s, "peak_rss_mib": mem_single.own},
+        "rayif": {"seconds": ray_s, "rows_per_s": args.rows / ray_s, "peak_rss_mib": mem_ray.own,
+                  "peak_rss_with_workers_mib": mem_ray.total, "first_batch_seconds": first_s,
+                  "steady_rows_per_s": steady},
+        "ratio": single_s / ray_s,
+    }, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
