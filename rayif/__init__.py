@@ -7,6 +7,7 @@ from .config import CGConfig, ExactConfig, LissaConfig, SolverConfig
 from .data import Examples, as_examples
 from .distributed import ScalingConfig, read_results
 from .errors import LissaDivergenceError, NonFiniteError, RayifError, SolverError
+from .index import FeatureIndex, IndexConfig, build_index
 from .influence import compute_s_test, explain, influence_matrix, self_influence
 from .results import SCHEMA, write_parquet
 from .task import Task
@@ -20,6 +21,8 @@ __all__ = [
     "CGConfig",
     "Examples",
     "ExactConfig",
+    "FeatureIndex",
+    "IndexConfig",
     "LissaConfig",
     "LissaDivergenceError",
     "NonFiniteError",
@@ -28,6 +31,7 @@ __all__ = [
     "SolverError",
     "Task",
     "as_examples",
+    "build_index",
     "compute_s_test",
     "explain",
     "influence_matrix",

@@ -211,8 +211,11 @@ def _dataset_rows(train: Any) -> int | None:
         import pyarrow.parquet as pq
 
         paths = [train] if isinstance(train, (str, Path)) else train
-        files = [f for p in paths for f in (sorted(Path(p).glob("**/*.parquet")) if Path(p).is_dir() else [p])]
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        try:
+            files = [f for p in paths for f in (sorted(Path(p).glob("**/*.parquet")) if Path(p).is_dir() else [p])]
+            return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        except (OSError, ValueError):  # remote URIs and the like: the stream will tell
+            return None
     return None
 
 
