@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from ..config import SolverConfig
 from ..data import as_examples
+from ..errors import RayifError
 from ..influence import influence_matrix
 from ..task import Task
 from .faiss_index import FeatureIndex
@@ -44,7 +45,10 @@ def knn_recall(task: Task, train: Any, test: Any, index: FeatureIndex, ks: Seque
 
 def plot_recall(table: pa.Table, path: str | Path, *, title: str = "kNN recall of the most harmful") -> Path:
     """Recall against k / n as a PNG (needs matplotlib: the ``plot`` extra)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise RayifError("the recall plot needs matplotlib: pip install 'rayif[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
