@@ -97,6 +97,59 @@ def _recall(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_task(spec: str):
+    """``module:callable`` -> the Task the zero-argument callable returns (or the Task object itself)."""
+    import importlib
+
+    from .errors import RayifError
+    from .task import Task
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise RayifError(f"--task must be 'module:callable', got {spec!r}")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise RayifError(f"--task {spec}: {e} (under `ray job submit`, ship your code with --working-dir)") from None
+    task = obj if isinstance(obj, Task) else obj()
+    if not isinstance(task, Task):
+        raise RayifError(f"--task {spec} returned {type(task).__name__}, expected a rayif.Task")
+    return task
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from . import explain, write_parquet
+    from .config import solver_from_dict
+    from .data import read_examples
+    from .distributed import ScalingConfig
+
+    task = _load_task(args.task)
+    cols = {"input_column": args.input_column, "target_column": args.target_column, "id_column": args.id_column}
+    train = read_examples(args.train, name="training data", **cols)
+    test = read_examples(args.test, name="test data", **cols)
+    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.solver_option)}
+    solver = solver_from_dict({"method": args.solver, **options})
+    index = None
+    if args.k is not None:
+        from .index import IndexConfig, build_index
+
+        index = build_index(task, args.train, IndexConfig(kind=args.index_kind, use_gpu=args.gpu),
+                            path=args.index_dir, input_column=args.input_column, id_column=args.id_column,
+                            num_rows=len(train))
+    # group influence is one s_test: it runs in this process
+    on_ray = args.workers > 0 and not args.group
+    scaling = ScalingConfig(num_workers=args.workers, use_gpu=args.gpu) if on_ray else None
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    table = explain(task, train, test, top=args.top, solver=solver, seed=args.seed, group=args.group,
+                    scaling=scaling, address=args.address, index=index, k=args.k,
+                    output_dir=str(out / "batches") if scaling else None, test_batch_size=args.test_batch_size)
+    path = write_parquet(table, out / "influence.parquet")
+    print(f"{len(test)} test points x top {args.top} harmful and helpful of {len(train)} training examples"
+          f"{f' (kNN k={args.k})' if args.k else ''} in {time.perf_counter() - t0:.1f}s -> {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayif", description="Influence functions, the FastIF way, on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -114,6 +167,28 @@ def main(argv: list[str] | None = None) -> int:
                       help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     demo.add_argument("--out", default="rayif-out", help="folder the parquet result goes to")
     demo.set_defaults(run=_demo)
+    ex = sub.add_parser("explain", help="explain test points of your own model and parquet data")
+    ex.add_argument("--task", required=True, help="module:callable returning a rayif.Task (zero arguments)")
+    ex.add_argument("--train", required=True, help="training parquet file or folder")
+    ex.add_argument("--test", required=True, help="test parquet file or folder")
+    ex.add_argument("--out", default="rayif-out", help="folder for influence.parquet (and batches/ on Ray)")
+    ex.add_argument("--input-column", default="x")
+    ex.add_argument("--target-column", default="y")
+    ex.add_argument("--id-column", default="id", help="integer id column (default: row positions if absent)")
+    ex.add_argument("--top", type=int, default=10)
+    ex.add_argument("--solver", choices=["lissa", "cg", "exact"], default="lissa")
+    ex.add_argument("--solver-option", action="append", default=[], metavar="KEY=JSON",
+                    help="a solver config field, e.g. depth=2000 or damping=0.005 (repeatable)")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--group", action="store_true", help="one s_test for the mean test loss (group influence)")
+    ex.add_argument("--k", type=int, default=None, help="kNN candidates per test point (builds or reuses an index)")
+    ex.add_argument("--index-dir", default=None, help="where the FAISS index is kept and reused")
+    ex.add_argument("--index-kind", choices=["flat", "ivf_flat", "ivf_pq"], default="flat")
+    ex.add_argument("--workers", type=int, default=2, help="Ray workers (0: this process only)")
+    ex.add_argument("--gpu", action="store_true")
+    ex.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    ex.add_argument("--test-batch-size", type=int, default=256)
+    ex.set_defaults(run=_explain)
     recall = sub.add_parser("recall", help="kNN recall of the most harmful training points (FastIF Fig. 3a), "
                                            "digits MLP: table and PNG")
     recall.add_argument("--test-points", type=int, default=50)

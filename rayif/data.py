@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,14 @@ def as_examples(
     """
     if isinstance(data, Examples):
         return data
-    if hasattr(data, "to_pydict") and not isinstance(data, Mapping):
+    if _is_arrow_table(data):  # columns straight to numpy: to_pydict would make a Python object per value
+        cols = list(data.column_names)
+        missing = [c for c in (input_column, target_column) if c not in cols]
+        if missing:
+            raise RayifError(f"{name} has no column(s) {missing}; its columns are {cols}")
+        data = {input_column: arrow_to_numpy(data, input_column), target_column: arrow_to_numpy(data, target_column),
+                **({id_column: arrow_to_numpy(data, id_column)} if id_column in cols else {})}
+    elif hasattr(data, "to_pydict") and not isinstance(data, Mapping):
         data = data.to_pydict()
     if isinstance(data, Mapping):
         missing = [c for c in (input_column, target_column) if c not in data]
@@ -100,4 +108,53 @@ def _as_tensor(a: Any, what: str) -> Tensor:
             arr = np.stack([np.asarray(v) for v in arr])
         except ValueError as e:
             raise RayifError(f"{what} have rows of different shapes: {e}") from None
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return torch.from_numpy(np.require(arr, requirements=["C", "W"]))  # Arrow memory is read-only
+
+
+def read_examples(path: str | Path, *, name: str = "data", input_column: str = "x", target_column: str = "y",
+                  id_column: str = "id") -> Examples:
+    """Examples from a parquet file or folder: an input column (fixed-size list / tensor), a target column
+    and, if present, an integer id column (else ids are row positions)."""
+    import pyarrow.parquet as pq
+
+    if "://" not in str(path) and not Path(path).exists():  # URIs go to pyarrow's file systems
+        raise RayifError(f"{name}: no such parquet file or folder: {path}")
+    return as_examples(pq.read_table(path), name=name, input_column=input_column, target_column=target_column,
+                       id_column=id_column)
+
+
+def _is_arrow_table(data: Any) -> bool:
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        return False
+    return isinstance(data, (pa.Table, pa.RecordBatch))
+
+
+def arrow_inputs(batch, column: str | Sequence[str]) -> np.ndarray:
+    """The model inputs of an Arrow table: one column ``[b, ...]``, or scalar columns side by side."""
+    if not isinstance(column, str):  # scalar columns side by side: one input vector per row
+        return np.stack([arrow_to_numpy(batch, c) for c in column], axis=1)
+    return arrow_to_numpy(batch, column)
+
+
+def arrow_to_numpy(batch, name: str) -> np.ndarray:
+    """Column ``name`` of a pyarrow batch as one numpy array ``[b, ...]``, without per-row copies."""
+    import pyarrow as pa
+
+    col = batch.column(name).combine_chunks()
+    if isinstance(col, pa.ExtensionArray) and hasattr(col, "to_numpy"):  # Ray's tensor columns
+        return np.asarray(col.to_numpy())
+    shape = []
+    while pa.types.is_fixed_size_list(col.type):  # [b, d1, d2, ...] as nested fixed-size lists
+        shape.append(col.type.list_size)
+        col = col.flatten()
+    arr = col.to_numpy(zero_copy_only=False)
+    if shape:
+        return arr.reshape(-1, *shape)
+    if arr.dtype == object:  # variable-length lists: the rows must still share one shape
+        try:
+            arr = np.stack([np.asarray(v) for v in arr])
+        except ValueError as e:
+            raise RayifError(f"column {name!r} holds rows of different shapes: {e}") from None
+    return arr

@@ -107,3 +107,10 @@ def digits_task(kind: str = "mlp", split: DigitsSplit | None = None, *, weight_d
     model = train(make_model(kind, hidden, seed, dtype), split.x_train, split.y_train, weight_decay)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return Task(model_factory=_factory(kind, hidden, state), loss=cross_entropy, weight_decay=weight_decay), split
+
+
+def example_task() -> Task:
+    """The demo's task (64-32-10 tanh MLP, float32, weight decay 1e-3, seed 0), trained on the first 1000
+    images of :func:`load_digits_split`: the ``--task rayif.digits:example_task`` of ``rayif explain``."""
+    split = load_digits_split(dtype=np.float32)
+    return digits_task("mlp", split, weight_decay=1e-3, dtype=torch.float32)[0]

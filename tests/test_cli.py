@@ -28,3 +28,50 @@ def test_recall_writes_a_monotone_curve_that_reaches_one(ray_local, tmp_path, ca
     assert main(args) == 0  # the second run reuses the persisted index
     assert capsys.readouterr().out.count("recall of the top-10 harmful") == 2
     assert (tmp_path / "digits-mlp-flat-index" / "index.faiss").exists()
+
+
+def _digits_parquet(folder, n_test: int):
+    import numpy as np
+    import pyarrow as pa
+
+    from rayif.digits import load_digits_split
+
+    split = load_digits_split(dtype=np.float32)
+    for name, x, y in (("train", split.x_train, split.y_train), ("test", split.x_test[:n_test], split.y_test[:n_test])):
+        ids = np.arange(len(x)) + (0 if name == "train" else 5000)
+        pq.write_table(pa.table({"id": ids, "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 64), "y": y}),
+                       folder / f"{name}.parquet")
+    return split
+
+
+def test_explain_cli_on_parquet_equals_the_python_api(ray_local, tmp_path, capsys):
+    import numpy as np
+    import pytest
+
+    import rayif
+    from rayif import ExactConfig, RayifError
+    from rayif.digits import example_task
+
+    split = _digits_parquet(tmp_path, n_test=4)
+    common = ["explain", "--task", "rayif.digits:example_task", "--train", str(tmp_path / "train.parquet"),
+              "--test", str(tmp_path / "test.parquet"), "--solver", "exact", "--solver-option", "damping=0.001",
+              "--top", "3"]
+    assert main([*common, "--out", str(tmp_path / "out")]) == 0
+    got = pq.read_table(tmp_path / "out" / "influence.parquet")
+    want = rayif.explain(example_task(), (split.x_train, split.y_train),
+                         {"x": split.x_test[:4], "y": split.y_test[:4], "id": 5000 + np.arange(4)}, top=3,
+                         solver=ExactConfig(damping=1e-3))
+    assert got["test_id"].to_pylist() == want["test_id"].to_pylist()
+    assert got["train_id"].to_pylist() == want["train_id"].to_pylist()
+    np.testing.assert_allclose(got["influence"].to_numpy(), want["influence"].to_numpy(), rtol=1e-4)
+
+    assert main([*common, "--k", "50", "--index-dir", str(tmp_path / "index"), "--out", str(tmp_path / "knn")]) == 0
+    knn = pq.read_table(tmp_path / "knn" / "influence.parquet")
+    index = rayif.FeatureIndex.load(tmp_path / "index", example_task())
+    near = index.candidates(example_task(), (split.x_test[:4], split.y_test[:4]), 50)
+    for row in range(4):
+        ids = knn.filter(knn["test_id"].to_numpy() == 5000 + row)["train_id"].to_numpy()
+        assert set(ids) <= set(near[row])
+    assert "(kNN k=50)" in capsys.readouterr().out
+    with pytest.raises(RayifError, match="'module:callable'"):
+        main(["explain", "--task", "nocolon", "--train", "a", "--test", "b"])

@@ -63,6 +63,9 @@ class WorkerPool:
             ray.kill(a)
 
 
+_UNAVAILABLE_WAIT_S, _MAX_UNAVAILABLE_WAITS = 0.5, 1200
+
+
 def _gather(pool: WorkerPool, calls: list[tuple[int, str, tuple]]) -> list:
     """Run ``(worker, method, args)`` calls and return their results in order.
 
@@ -77,13 +80,23 @@ def _gather(pool: WorkerPool, calls: list[tuple[int, str, tuple]]) -> list:
         return getattr(pool.actors[worker], method).remote(*args)
 
     pending = {submit(k): k for k in range(len(calls))}
-    tries = [0] * len(calls)
+    tries, waits = [0] * len(calls), [0] * len(calls)
     results: list = [None] * len(calls)
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
         k = pending.pop(ref)
         try:
             results[k] = ray.get(ref)
+        except ray.exceptions.ActorUnavailableError as e:
+            # Restarting after a death already counted (or a network blip): not a new death. Calls are pure,
+            # so resubmitting one that may have run is safe; a replica that never comes back ends up
+            # ActorDiedError once Ray gives up on it.
+            waits[k] += 1
+            if waits[k] > _MAX_UNAVAILABLE_WAITS:
+                raise RayifError(f"rayif worker {calls[k][0]} stayed unavailable for "
+                                 f"{_MAX_UNAVAILABLE_WAITS * _UNAVAILABLE_WAIT_S:.0f}s") from e
+            time.sleep(_UNAVAILABLE_WAIT_S)
+            pending[submit(k)] = k
         except ray.exceptions.RayActorError as e:
             tries[k] += 1
             if tries[k] > pool.max_restarts:
@@ -191,12 +204,12 @@ def run_explain(
     objective.check(train, "training data")
     objective.check(test, "test data")
     n = len(train)
-    scale = None
-    if isinstance(solver, LissaConfig):
-        scale = solver.scale or estimate_scale(objective, train, solver, seed)
     meta = {"solver": solver_to_dict(solver), "seed": seed, "num_train": n, "group": False}
     out = _prepare_output(output_dir, {**meta, "top": top, "num_test": len(test), "test_batch_size": test_batch_size,
                                        "test_ids_head": test.ids[:8].tolist(), "knn": candidates is not None})
+    scale = None
+    if isinstance(solver, LissaConfig):
+        scale = solver.scale or estimate_scale(objective, train, solver, seed)
     batches = [(i, slice(s, s + test_batch_size)) for i, s in enumerate(range(0, len(test), test_batch_size))]
     todo = [(i, sl) for i, sl in batches if out is None or not _batch_path(out, i).exists()]
     if len(todo) < len(batches):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import Examples, as_examples
+from ..data import Examples, arrow_inputs, arrow_to_numpy, as_examples
 from ..errors import RayifError
 from ..task import Task
 from .config import IndexConfig
@@ -75,41 +75,14 @@ class FeatureActor:
         self.model = task.build_model(self.device)
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(_inputs(batch, self.input_column))).to(self.device)
+        x = torch.from_numpy(np.require(arrow_inputs(batch, self.input_column), requirements=["C", "W"]))
+        x = x.to(self.device)
         with torch.no_grad():
             f = self.task.compute_features(self.model, x)
-        ids = _column(batch, self.id_column)
+        ids = arrow_to_numpy(batch, self.id_column)
         if not np.issubdtype(ids.dtype, np.integer):
             raise RayifError(f"id column {self.id_column!r} must hold integers, got {ids.dtype}")
         return {"id": ids.astype(np.int64), "feature": f.float().cpu().numpy()}
-
-
-def _inputs(batch, column: str | Sequence[str]) -> np.ndarray:
-    if not isinstance(column, str):  # scalar columns side by side: one input vector per row
-        return np.stack([_column(batch, c) for c in column], axis=1)
-    return _column(batch, column)
-
-
-def _column(batch, name: str) -> np.ndarray:
-    """Column ``name`` of a pyarrow batch as one numpy array ``[b, ...]``, without per-row copies."""
-    import pyarrow as pa
-
-    col = batch.column(name).combine_chunks()
-    if isinstance(col, pa.ExtensionArray) and hasattr(col, "to_numpy"):  # Ray's tensor columns
-        return np.asarray(col.to_numpy())
-    shape = []
-    while pa.types.is_fixed_size_list(col.type):  # [b, d1, d2, ...] as nested fixed-size lists
-        shape.append(col.type.list_size)
-        col = col.flatten()
-    arr = col.to_numpy(zero_copy_only=False)
-    if shape:
-        return arr.reshape(-1, *shape)
-    if arr.dtype == object:  # variable-length lists: the rows must still share one shape
-        try:
-            arr = np.stack([np.asarray(v) for v in arr])
-        except ValueError as e:
-            raise RayifError(f"column {name!r} holds rows of different shapes: {e}") from None
-    return arr
 
 
 def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column: str | Sequence[str] = "x",
