@@ -163,3 +163,16 @@ def test_explain_with_an_index_ranks_each_test_points_neighbours(built, ray_loca
     assert set(group["train_id"].to_pylist()) <= set(idx.candidates(task, as_examples(test), 40, group=True)[0])
     with pytest.raises(RayifError, match="k= candidates per test point, at least top=5"):
         explain(task, train, test, top=5, solver=lissa, index=idx, k=3)
+
+
+def test_a_ray_dataset_with_scalar_feature_columns(mlp, ray_local):
+    task, split = mlp
+    cols = [f"p{j}" for j in range(64)]
+    rows = [{"key": 3 * i + 1, **{c: float(v) for c, v in zip(cols, x, strict=True)}}
+            for i, x in enumerate(split.x_train[:300])]
+    idx = build_index(task, ray.data.from_items(rows), input_column=cols, id_column="key")
+    assert len(idx) == 300
+    q = idx.features_of(task, as_examples((split.x_train[:300], split.y_train[:300])))
+    ids, dist = idx.search(q, 1)
+    np.testing.assert_array_equal(ids[:, 0], 3 * np.arange(300) + 1)  # every row is its own nearest
+    np.testing.assert_allclose(dist[:, 0], 0, atol=1e-4)
