@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, print_table, write_json  # noqa: E402
 
-from rayif import Task  # noqa: E402
+from rayif import Task, as_examples  # noqa: E402
 from rayif.index import IndexConfig, build_index  # noqa: E402
 
 DIM, FILES = 64, 16
@@ -133,7 +133,7 @@ def _ivf_check(task, data: Path, flat, batch_size: int):
     ivf_s = time.perf_counter() - t0
     x = pq.read_table(sorted(data.glob("*.parquet"))[0]).column("x").combine_chunks()
     x = x.flatten().to_numpy().reshape(-1, DIM)[:1000] + 0.1  # queries near, not on, training rows
-    q = flat.features_of(task, __import__("rayif").as_examples((x, np.zeros(len(x)))))
+    q = flat.features_of(task, as_examples((x, np.zeros(len(x)))))
     t0 = time.perf_counter()
     a = flat.search(q, 10)[0]
     q_flat = len(q) / (time.perf_counter() - t0)

@@ -132,6 +132,10 @@ def test_bad_inputs_give_clear_errors(built, ray_local, tmp_path):
         idx.search(np.zeros((3, 32), np.float32), len(split.x_train) + 1)
     with pytest.raises(RayifError, match="ids are not unique"):
         build_index(task, {"x": split.x_train[:50], "y": split.y_train[:50], "id": np.zeros(50, int)})
+    pq.write_table(pa.table({"id": np.zeros(100, np.int64), "x": pa.FixedSizeListArray.from_arrays(
+        pa.array(split.x_train[:100].ravel()), 64)}), tmp_path / "dupid.parquet")
+    with pytest.raises(RayifError, match="training ids are not unique"):  # IVF keeps no id map to check
+        build_index(task, str(tmp_path / "dupid.parquet"), IndexConfig(kind="ivf_flat"))
 
 
 def test_gpu_request_on_a_fake_gpu_cluster_falls_back_to_cpu(built, caplog):

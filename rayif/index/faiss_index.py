@@ -7,7 +7,8 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..data import Examples, as_examples
 from ..errors import RayifError
 from ..task import Task
 from .config import IndexConfig
-from .features import feature_batches
+from .features import feature_batches, parquet_paths
 
 log = logging.getLogger("rayif")
 
@@ -26,10 +27,10 @@ INDEX_FILE, META_FILE = "index.faiss", "meta.json"
 FORMAT = 1
 
 
-def model_fingerprint(task: Task) -> str:
-    """sha256 over the replica's parameter and buffer names, shapes, dtypes and bytes."""
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the model's parameter and buffer names, shapes, dtypes and bytes."""
     h = hashlib.sha256()
-    for name, t in sorted(task.build_model().state_dict().items()):
+    for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -51,6 +52,7 @@ class FeatureIndex:
 
     index: Any
     meta: dict
+    _gpu: Any = field(default=None, init=False, repr=False)  # the GPU copy searches use, made on first search
 
     @property
     def dim(self) -> int:
@@ -93,14 +95,17 @@ class FeatureIndex:
         return self.search(f, k)[0]
 
     def features_of(self, task: Task, ex: Examples, chunk_size: int = 4096) -> np.ndarray:
-        self.check_task(task)
         model = task.build_model()
+        self.check_task(task, model)
         parts = [task.compute_features(model, c.inputs).float().numpy() for c in ex.chunks(chunk_size)]
         return np.concatenate(parts)
 
-    def check_task(self, task: Task) -> None:
-        """Refuse a task whose model or feature function is not the one the index was built with."""
-        got = {"model_fingerprint": model_fingerprint(task), "feature_fn": feature_name(task)}
+    def check_task(self, task: Task, model: torch.nn.Module | None = None) -> None:
+        """Refuse a task whose model or feature function is not the one the index was built with.
+
+        ``model``: the task's replica when the caller has built one already.
+        """
+        got = {"model_fingerprint": model_fingerprint(model or task.build_model()), "feature_fn": feature_name(task)}
         diff = [k for k, v in got.items() if self.meta.get(k) != v]
         if diff:
             raise RayifError(f"this index is stale: it was built with a different {' and '.join(diff)} "
@@ -108,7 +113,7 @@ class FeatureIndex:
                              "rebuild it (build_index(..., rebuild=True)) or point to another directory")
 
     def _searcher(self):
-        if getattr(self, "_gpu", None) is None:
+        if self._gpu is None:
             self._gpu = _to_gpu(self.index) or self.index
         return self._gpu
 
@@ -179,19 +184,21 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
     t0 = time.perf_counter()
     builder = _Builder(config, _dataset_rows(train))
     first = None
-    for ids, feats in feature_batches(task, train, config, input_column=input_column, id_column=id_column):
-        if first is None:
-            first = (time.perf_counter() - t0, len(ids))
-        builder.add(ids, feats)
+    stream = feature_batches(task, train, config, input_column=input_column, id_column=id_column)
+    with closing(stream):  # a batch the builder refuses still stops the pipeline (see feature_batches)
+        for ids, feats in stream:
+            if first is None:
+                first = (time.perf_counter() - t0, len(ids))
+            builder.add(ids, feats)
     index = builder.finish()
     meta = {"format": FORMAT, "kind": config.kind, "metric": config.metric, "dim": builder.dim,
             "rows": int(index.ntotal), "nlist": builder.nlist, "nprobe": builder.nprobe,
-            "model_fingerprint": model_fingerprint(task), "feature_fn": feature_name(task),
+            "model_fingerprint": model_fingerprint(task.build_model()), "feature_fn": feature_name(task),
             "config": asdict(config), "build_seconds": round(time.perf_counter() - t0, 3),
             "first_batch_seconds": round(first[0], 3), "first_batch_rows": first[1]}
     idx = FeatureIndex(index, meta)
     log.info("built a %s FAISS index of %d x %d in %.1fs (%s)", config.kind, len(idx), builder.dim,
-             meta["build_seconds"], _faiss_where(config))
+             meta["build_seconds"], _faiss_where())
     if path is not None:
         idx.save(path)
     return idx
@@ -201,16 +208,11 @@ _RUNTIME = ("batch_size", "use_gpu", "max_actors")  # how it was built, not what
 
 
 def _dataset_rows(train: Any) -> int | None:
-    """Row count without reading rows (parquet metadata, in-memory lengths); ``None`` if that needs a pass."""
-    import ray.data
-
-    if isinstance(train, ray.data.Dataset):
-        return None
-    if isinstance(train, (str, Path)) or (isinstance(train, (list, tuple)) and train
-                                          and all(isinstance(p, (str, Path)) for p in train)):
+    """Row count of parquet path(s) from their metadata; ``None`` for anything else (the stream counts)."""
+    paths = parquet_paths(train)
+    if paths is not None:
         import pyarrow.parquet as pq
 
-        paths = [train] if isinstance(train, (str, Path)) else train
         try:
             files = [f for p in paths for f in (sorted(Path(p).glob("**/*.parquet")) if Path(p).is_dir() else [p])]
             return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -227,7 +229,7 @@ class _Builder:
         self.index, self.dim, self.nlist, self.nprobe = None, None, None, None
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.pending_rows = 0
-        self.seen_ids = 0
+        self.seen: list[np.ndarray] = []  # every id streamed, to check they are unique whatever the index kind
 
     def add(self, ids: np.ndarray, feats: np.ndarray) -> None:
         feats = np.ascontiguousarray(feats, dtype=np.float32)
@@ -241,7 +243,7 @@ class _Builder:
         if not np.isfinite(feats).all():
             bad = ids[~np.isfinite(feats).all(1)][:10]
             raise RayifError(f"features of training ids {bad.tolist()} hold NaN/inf")
-        self.seen_ids += len(ids)
+        self.seen.append(ids)
         if self.index is None and self.config.kind != "flat":
             self.pending.append((ids, feats))
             self.pending_rows += len(ids)
@@ -284,30 +286,26 @@ class _Builder:
         self.index.add_with_ids(feats, ids.astype(np.int64))
 
     def finish(self):
-        if self.seen_ids == 0:
+        ids = np.concatenate(self.seen) if self.seen else np.zeros(0, np.int64)
+        if len(ids) == 0:
             raise RayifError("the training data is empty: no rows to index")
-        if self.index is None:  # fewer rows than train_size: train on all of them
-            self._start(self._sample() if self.pending else None)
-        if self.index.ntotal != self.seen_ids:
-            raise RayifError(f"{self.seen_ids} rows streamed but the index holds {self.index.ntotal}")
-        ids = _ids_of(self.index)
-        if ids is not None and len(np.unique(ids)) != len(ids):
+        if len(np.unique(ids)) != len(ids):
             raise RayifError("training ids are not unique: the id column must identify each row")
+        if self.index is None:  # fewer rows than train_size: train on all of them
+            self._start(self._sample())
+        if self.index.ntotal != len(ids):
+            raise RayifError(f"{len(ids)} rows streamed but the index holds {self.index.ntotal}")
         return self.index
 
 
-def _ids_of(index) -> np.ndarray | None:
+def _faiss_gpus() -> int:
     import faiss
 
-    if isinstance(index, faiss.IndexIDMap2) or hasattr(index, "id_map"):
-        return faiss.vector_to_array(index.id_map)
-    return None
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def _faiss_where(config: IndexConfig) -> str:
-    import faiss
-
-    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+def _faiss_where() -> str:
+    n = _faiss_gpus()
     return f"FAISS searches on {n} GPU(s)" if n else "FAISS on CPU (no GPU visible to FAISS)"
 
 
@@ -315,7 +313,7 @@ def _to_gpu(index):
     """A GPU copy of ``index`` when FAISS sees GPUs, else ``None``; logs which."""
     import faiss
 
-    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    n = _faiss_gpus()
     if n == 0:
         log.info("FAISS on CPU: no GPU visible to FAISS (faiss-cpu, or no CUDA device)")
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -29,11 +30,10 @@ def training_dataset(data: Any, *, input_column: str | Sequence[str] = "x", id_c
     """
     import ray.data
 
+    paths = parquet_paths(data)
     if isinstance(data, ray.data.Dataset):
         ds = data
-    elif isinstance(data, (str, Path)) or (isinstance(data, (list, tuple)) and data
-                                           and all(isinstance(p, (str, Path)) for p in data)):
-        paths = [str(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
+    elif paths is not None:
         shuffle = None if shuffle_files_seed is None else ray.data.FileShuffleConfig(seed=shuffle_files_seed)
         ds = ray.data.read_parquet(paths, shuffle=shuffle)
     else:
@@ -47,6 +47,15 @@ def training_dataset(data: Any, *, input_column: str | Sequence[str] = "x", id_c
                 if id_column in missing else "")
         raise RayifError(f"training data has no column(s) {missing}{hint}; its columns are {names}")
     return ds, input_column
+
+
+def parquet_paths(data: Any) -> list[str] | None:
+    """``data`` as a list of parquet paths if it is a path or a list of paths, else ``None``."""
+    if isinstance(data, (str, Path)):
+        return [str(data)]
+    if isinstance(data, (list, tuple)) and data and all(isinstance(p, (str, Path)) for p in data):
+        return [str(p) for p in data]
+    return None
 
 
 def _arrow_blocks(ex: Examples, id_column: str, rows: int = 16_384) -> list:
@@ -120,14 +129,25 @@ def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column:
         )
     finally:
         ctx.target_max_block_size = saved
+    batches = iter(feats.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
+    failure = None
     try:
-        for b in feats.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        for b in batches:
             yield b["id"], b["feature"]
     except Exception as e:  # Ray Data wraps a feature actor's RayifError in its own errors, as text
         found = re.findall(r"RayifError: (.+)", str(e))
-        if found:
-            raise RayifError(found[-1].strip()) from None
-        raise
+        if not found:
+            raise
+        failure = found[-1].strip()
+    finally:
+        batches.close()  # a consumer that stops early stops the execution and its actors
+    if failure is not None:
+        # A failed execution sits in a reference cycle with its error and keeps its actors, and their CPUs,
+        # until the garbage collector runs; the next pipeline's read tasks would wait for those CPUs. Drop
+        # the cycle now and raise an error that does not hold it.
+        del ds, feats, batches
+        gc.collect()
+        raise RayifError(failure)
 
 
 _BLOCK_BYTES = 16 * 2**20
