@@ -34,12 +34,12 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table, write_json  # noqa: E402
+from rayif.distributed import ensure_ray  # noqa: E402
+from rayif.distributed.driver import run_explain  # noqa: E402
 
 from rayif import LissaConfig, ScalingConfig  # noqa: E402
 from rayif.data import as_examples  # noqa: E402
 from rayif.digits import digits_task, load_digits_split  # noqa: E402
-from rayif.distributed import ensure_ray  # noqa: E402
-from rayif.distributed.driver import run_explain  # noqa: E402
 from rayif.grads import Objective  # noqa: E402
 from rayif.ihvp import estimate_scale  # noqa: E402
 from rayif.ihvp.lissa import repetition_rng  # noqa: E402

@@ -3,21 +3,20 @@
 Convention: ``influence = -grad L(z_test)^T H^-1 grad L(z)``; positive = harmful, negative = helpful.
 """
 
-from .config import CGConfig, ExactConfig, LissaConfig, SolverConfig
+from .api import compute_s_test, explain, influence_matrix, self_influence
+from .config import CGConfig, ExactConfig, LissaConfig, RunConfig, SolverConfig
 from .data import Examples, as_examples
-from .distributed import ScalingConfig, read_results
 from .errors import LissaDivergenceError, NonFiniteError, RayifError, SolverError
 from .index import FeatureIndex, IndexConfig, build_index
-from .influence import compute_s_test, explain, influence_matrix, self_influence
 from .results import SCHEMA, write_parquet
+from .runner import read_results
+from .scaling import ScalingConfig
 from .task import Task
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SCHEMA",
-    "ScalingConfig",
-    "read_results",
     "CGConfig",
     "Examples",
     "ExactConfig",
@@ -27,6 +26,8 @@ __all__ = [
     "LissaDivergenceError",
     "NonFiniteError",
     "RayifError",
+    "RunConfig",
+    "ScalingConfig",
     "SolverConfig",
     "SolverError",
     "Task",
@@ -35,6 +36,7 @@ __all__ = [
     "compute_s_test",
     "explain",
     "influence_matrix",
+    "read_results",
     "self_influence",
     "write_parquet",
 ]

@@ -16,7 +16,7 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from . import digits, explain, write_parquet
-    from .distributed import ScalingConfig, ensure_ray
+    from .scaling import ScalingConfig
 
     t0 = time.perf_counter()
     split = digits.load_digits_split(n_train=args.train_size, n_test=360, seed=args.seed, dtype=np.float32)
@@ -30,15 +30,13 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"trained a 64-32-10 MLP on {args.train_size} digits in {time.perf_counter() - t0:.1f}s; "
           f"test accuracy {np.mean(pred == split.y_test):.3f}; explaining test points {picks.tolist()}")
     solver = _solver(args.solver)
-    scaling = ScalingConfig(num_workers=args.workers, use_gpu=args.gpu) if args.workers > 0 else None
-    if scaling is not None:
-        ensure_ray(args.address)
+    scaling = ScalingConfig(num_workers=args.workers, use_gpu=args.gpu)
     t1 = time.perf_counter()
     table = explain(task, (split.x_train, split.y_train), {"x": split.x_test[picks], "y": split.y_test[picks],
                                                             "id": picks}, top=args.top, solver=solver, seed=args.seed,
                     scaling=scaling, address=args.address)
     took = time.perf_counter() - t1
-    if scaling is not None:
+    if args.workers > 0:
         workers = json.loads(table.schema.metadata[b"rayif.workers"])
         for i, w in enumerate(workers):
             print(f"worker {i} ran on node {w['node_id']} ({w['device']})")
@@ -51,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
                               for r in mine)
             print(f"  most {kind}: {items}")
     out = write_parquet(table, Path(args.out) / "demo.parquet")
-    where = f"{args.workers} Ray workers" if scaling else "this process"
+    where = f"{args.workers} Ray workers" if args.workers > 0 else "this process"
     print(f"\ninfluence ({args.solver}, {where}) took {took:.1f}s; {table.num_rows} rows written to {out}")
     print("positive influence = harmful: removing that example would lower this test point's loss")
     return 0
@@ -119,31 +117,39 @@ def _load_task(spec: str):
 
 def _explain(args: argparse.Namespace) -> int:
     from . import explain, write_parquet
-    from .config import solver_from_dict
+    from .config import RunConfig, solver_from_dict
     from .data import read_examples
-    from .distributed import ScalingConfig
+    from .errors import RayifError
+    from .scaling import ScalingConfig
 
     task = _load_task(args.task)
-    cols = {"input_column": args.input_column, "target_column": args.target_column, "id_column": args.id_column}
+    cols = {"input_column": args.input_column, "target_column": args.target_column, "id_column": args.id_column,
+            "dict_batch": task.dict_batches}
     train = read_examples(args.train, name="training data", **cols)
     test = read_examples(args.test, name="test data", **cols)
-    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.solver_option)}
+    options = {}
+    for o in args.solver_option:
+        key, eq, value = o.partition("=")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            eq = ""
+        if not eq:
+            raise RayifError(f"--solver-option takes KEY=JSON (e.g. depth=2000), got {o!r}")
     solver = solver_from_dict({"method": args.solver, **options})
+    scaling = ScalingConfig(num_workers=args.workers, use_gpu=args.gpu)
     index = None
     if args.k is not None:
         from .index import IndexConfig, build_index
 
         index = build_index(task, args.train, IndexConfig(kind=args.index_kind, use_gpu=args.gpu),
                             path=args.index_dir, input_column=args.input_column, id_column=args.id_column,
-                            num_rows=len(train))
-    # group influence is one s_test: it runs in this process
-    on_ray = args.workers > 0 and not args.group
-    scaling = ScalingConfig(num_workers=args.workers, use_gpu=args.gpu) if on_ray else None
+                            num_rows=len(train), address=args.address)
     out = Path(args.out)
+    run = RunConfig(output_dir=str(out / "batches"), test_batch_size=args.test_batch_size)
     t0 = time.perf_counter()
     table = explain(task, train, test, top=args.top, solver=solver, seed=args.seed, group=args.group,
-                    scaling=scaling, address=args.address, index=index, k=args.k,
-                    output_dir=str(out / "batches") if scaling else None, test_batch_size=args.test_batch_size)
+                    scaling=scaling, run_config=run, address=args.address, index=index, k=args.k)
     path = write_parquet(table, out / "influence.parquet")
     print(f"{len(test)} test points x top {args.top} harmful and helpful of {len(train)} training examples"
           f"{f' (kNN k={args.k})' if args.k else ''} in {time.perf_counter() - t0:.1f}s -> {path}")
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--task", required=True, help="module:callable returning a rayif.Task (zero arguments)")
     ex.add_argument("--train", required=True, help="training parquet file or folder")
     ex.add_argument("--test", required=True, help="test parquet file or folder")
-    ex.add_argument("--out", default="rayif-out", help="folder for influence.parquet (and batches/ on Ray)")
+    ex.add_argument("--out", default="rayif-out", help="folder for influence.parquet and batches/ (a rerun resumes)")
     ex.add_argument("--input-column", default="x")
     ex.add_argument("--target-column", default="y")
     ex.add_argument("--id-column", default="id", help="integer id column (default: row positions if absent)")
@@ -202,7 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.run(args)
+    from .errors import RayifError
+
+    try:
+        return args.run(args)
+    except RayifError as e:  # a user mistake: one line, exit 2 (as argparse does); -v shows the traceback
+        if args.verbose:
+            logging.getLogger("rayif").exception("rayif failed")
+        print(f"rayif: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Union
 
+from .errors import RayifError
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
-        raise ValueError(msg)
+        raise RayifError(msg)
 
 
 @dataclass(frozen=True)
@@ -122,15 +124,63 @@ def solver_from_dict(d: dict[str, Any]) -> SolverConfig:
     d = dict(d)
     method = d.pop("method", "lissa")
     if method not in _BY_NAME:
-        raise ValueError(f"unknown solver method {method!r}; choose one of {sorted(_BY_NAME)}")
+        raise RayifError(f"unknown solver method {method!r}; choose one of {sorted(_BY_NAME)}")
     cls = _BY_NAME[method]
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known
     if unknown:
-        raise ValueError(f"unknown {method} option(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise RayifError(f"unknown {method} option(s) {sorted(unknown)}; known: {sorted(known)}")
     return cls(**d)
 
 
 def solver_to_dict(config: SolverConfig) -> dict[str, Any]:
     """Inverse of :func:`solver_from_dict`."""
     return {"method": solver_name(config), **dataclasses.asdict(config)}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How one influence job runs, whatever executes it (this process or Ray workers).
+
+    Attributes:
+        output_dir: ``explain`` writes one parquet file per test batch here (``batch-NNNNNN.parquet``) and
+            a manifest of the job; rerunning on the same folder computes only the missing batches, and a
+            folder holding another job (other model, data, solver, seed, candidates) is refused.
+        test_batch_size: test points per batch; they share every sampled LiSSA batch and one pass of
+            gradients over the candidates.
+        chunk_size: training examples per block of per-example gradients (memory: ``chunk_size * p``
+            floats per worker at a time).
+        solve_block: test vectors per exact / CG work unit: a test batch splits into blocks of this many
+            so every worker has work. Fixed, not derived from the worker count, so 1 and N workers compute
+            the same blocks and give bit-identical results.
+        batches_in_flight: test batches whose units are scheduled together. ``None``: enough to give every
+            worker a unit (``ceil(workers / units per batch)``), bounded so their ``s_test`` vectors stay
+            under ``inflight_mb``.
+        inflight_mb: bound on the ``s_test`` vectors of the batches in flight, in MiB.
+        grad_cache_mb: per-worker cache of training-gradient chunks reused across test batches, in MiB.
+        max_failures: times each worker may die (Ray restarts it; its unfinished units are rerun on the
+            replacement, so the result is unchanged). Past it the job stops and says how to resume.
+        progress: a progress bar over test batches. ``None``: on when stderr is a terminal and ``CI`` is
+            unset; log lines otherwise.
+    """
+
+    output_dir: str | None = None
+    test_batch_size: int = 256
+    chunk_size: int = 256
+    solve_block: int = 64
+    batches_in_flight: int | None = None
+    inflight_mb: float = 1024.0
+    grad_cache_mb: float = 512.0
+    max_failures: int = 3
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_dir is not None:
+            object.__setattr__(self, "output_dir", str(self.output_dir))
+        for name in ("test_batch_size", "chunk_size", "solve_block"):
+            _check(getattr(self, name) >= 1, f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.batches_in_flight is None or self.batches_in_flight >= 1,
+               f"RunConfig.batches_in_flight must be >= 1 or None, got {self.batches_in_flight}")
+        _check(self.inflight_mb > 0, f"RunConfig.inflight_mb must be > 0, got {self.inflight_mb}")
+        _check(self.grad_cache_mb >= 0, f"RunConfig.grad_cache_mb must be >= 0, got {self.grad_cache_mb}")
+        _check(self.max_failures >= 0, f"RunConfig.max_failures must be >= 0, got {self.max_failures}")

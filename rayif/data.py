@@ -1,8 +1,9 @@
-"""In-memory examples: inputs, targets and a stable integer id per row."""
+"""In-memory examples: a batch of tensors (``(inputs, targets)`` or a dict) and a stable integer id per row."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,29 +15,56 @@ from torch import Tensor
 from .errors import RayifError
 
 
+def map_batch(fn: Callable[[Tensor], Any], batch: Any) -> Any:
+    """``fn`` applied to every tensor of a batch (a tensor, a tuple / list or a dict of tensors)."""
+    if isinstance(batch, Tensor):
+        return fn(batch)
+    if isinstance(batch, Mapping):
+        return {k: fn(v) for k, v in batch.items()}
+    return tuple(fn(v) for v in batch)
+
+
+def batch_leaves(batch: Any) -> list[tuple[str, Tensor]]:
+    """``(name, tensor)`` for every tensor of a batch; names are dict keys or positions."""
+    if isinstance(batch, Tensor):
+        return [("0", batch)]
+    if isinstance(batch, Mapping):
+        return [(str(k), v) for k, v in batch.items()]
+    return [(str(i), v) for i, v in enumerate(batch)]
+
+
 @dataclass(frozen=True)
 class Examples:
     """A set of examples held in memory.
 
     Attributes:
-        inputs: ``[n, ...]`` model inputs.
-        targets: ``[n, ...]`` what the loss compares the outputs with.
+        batch: every example's tensors, examples on the first dimension: ``(inputs [n, ...], targets [n, ...])``
+            for ``Task(loss=...)``, or a dict / tuple of tensors for ``Task(batch_loss=...)``.
         ids: ``[n]`` int64, unique; the ids results report.
     """
 
-    inputs: Tensor
-    targets: Tensor
+    batch: Any
     ids: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def inputs(self) -> Tensor:
+        """The inputs of an ``(inputs, targets)`` batch."""
+        return self.batch[0]
+
+    @property
+    def targets(self) -> Tensor:
+        """The targets of an ``(inputs, targets)`` batch."""
+        return self.batch[1]
+
     def take(self, index: np.ndarray | slice) -> Examples:
         """The rows at ``index`` (positions, not ids)."""
         if isinstance(index, np.ndarray):
             t = torch.as_tensor(index, dtype=torch.long)
-            return Examples(self.inputs[t], self.targets[t], self.ids[index])
-        return Examples(self.inputs[index], self.targets[index], self.ids[index])
+            return Examples(map_batch(lambda v: v[t], self.batch), self.ids[index])
+        return Examples(map_batch(lambda v: v[index], self.batch), self.ids[index])
 
     def chunks(self, size: int) -> Iterator[Examples]:
         """Consecutive slices of at most ``size`` rows."""
@@ -44,7 +72,19 @@ class Examples:
             yield self.take(slice(start, start + size))
 
     def to(self, device: str | torch.device) -> Examples:
-        return Examples(self.inputs.to(device), self.targets.to(device), self.ids)
+        return Examples(map_batch(lambda v: v.to(device), self.batch), self.ids)
+
+    def describe(self) -> str:
+        """Per-example shapes and dtypes, for error messages."""
+        leaves = batch_leaves(self.batch)
+        if isinstance(self.batch, tuple) and len(leaves) == 2:
+            leaves = [("inputs", leaves[0][1]), ("targets", leaves[1][1])]
+        return ", ".join(f"{k} {tuple(v.shape[1:])} {v.dtype}" for k, v in leaves)
+
+
+def ids_digest(ids: np.ndarray) -> str:
+    """sha256 of an id array (its int64 bytes): a job's identity without storing every id."""
+    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
 
 
 def as_examples(
@@ -55,48 +95,66 @@ def as_examples(
     input_column: str = "x",
     target_column: str = "y",
     id_column: str = "id",
+    dict_batch: bool = False,
 ) -> Examples:
     """Normalise user data to :class:`Examples`.
 
-    Accepts an ``Examples``, a tuple ``(inputs, targets)`` of arrays or tensors, or a mapping of columns
-    (``{"x": ..., "y": ..., "id": ...}``; a ``pyarrow.Table`` or pandas frame works through ``to_pydict``).
-    Ids default to ``0..n-1``.
+    Accepts an ``Examples``; a tuple ``(inputs, targets)`` of arrays or tensors; a mapping of columns
+    (``{"x": ..., "y": ..., "id": ...}``), a ``pyarrow.Table`` or a ``ray.data.Dataset`` (gathered here).
+    With ``dict_batch`` (tasks with ``batch_loss``) a mapping or table becomes a dict batch of all its columns
+    but ``id_column``, and a tuple of any length a tuple batch. Ids default to ``0..n-1``.
     """
     if isinstance(data, Examples):
         return data
+    if _is_ray_dataset(data):  # columns straight to Arrow: the driver holds this data set anyway
+        import pyarrow as pa
+
+        data = pa.concat_tables([b for b in data.iter_batches(batch_format="pyarrow", batch_size=None)])
     if _is_arrow_table(data):  # columns straight to numpy: to_pydict would make a Python object per value
         cols = list(data.column_names)
-        missing = [c for c in (input_column, target_column) if c not in cols]
-        if missing:
-            raise RayifError(f"{name} has no column(s) {missing}; its columns are {cols}")
-        data = {input_column: arrow_to_numpy(data, input_column), target_column: arrow_to_numpy(data, target_column),
-                **({id_column: arrow_to_numpy(data, id_column)} if id_column in cols else {})}
+        wanted = [c for c in cols if c != id_column] if dict_batch else [input_column, target_column]
+        missing = [c for c in wanted if c not in cols]
+        if missing or not wanted:
+            raise RayifError(f"{name} has no column(s) {missing or wanted}; its columns are {cols}")
+        data = {c: arrow_to_numpy(data, c) for c in wanted + ([id_column] if id_column in cols else [])}
     elif hasattr(data, "to_pydict") and not isinstance(data, Mapping):
         data = data.to_pydict()
     if isinstance(data, Mapping):
-        missing = [c for c in (input_column, target_column) if c not in data]
-        if missing:
-            raise RayifError(f"{name} has no column(s) {missing}; its columns are {sorted(data)}")
-        x, y = data[input_column], data[target_column]
         if ids is None and id_column in data:
             ids = data[id_column]
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
+        if dict_batch:
+            batch: Any = {k: _as_tensor(v, f"{name} column {k!r}") for k, v in data.items() if k != id_column}
+        else:
+            missing = [c for c in (input_column, target_column) if c not in data]
+            if missing:
+                raise RayifError(f"{name} has no column(s) {missing}; its columns are {sorted(data)}")
+            batch = (_as_tensor(data[input_column], f"{name} inputs"),
+                     _as_tensor(data[target_column], f"{name} targets"))
+    elif isinstance(data, (tuple, list)) and (len(data) == 2 or (dict_batch and data)):
+        what = ("inputs", "targets") if len(data) == 2 else tuple(f"part {i}" for i in range(len(data)))
+        batch = tuple(_as_tensor(v, f"{name} {w}") for v, w in zip(data, what, strict=True))
     else:
-        raise RayifError(f"{name} must be (inputs, targets), a mapping of columns or Examples; got {type(data)}")
-    x, y = _as_tensor(x, f"{name} inputs"), _as_tensor(y, f"{name} targets")
-    n = len(x)
+        form = "a dict / tuple of tensors" if dict_batch else "(inputs, targets)"
+        raise RayifError(f"{name} must be {form}, a mapping of columns or Examples; got {type(data).__name__}")
+    leaves = batch_leaves(batch)
+    if not leaves:
+        raise RayifError(f"{name} has no tensors")
+    n = len(leaves[0][1])
     if n == 0:
         raise RayifError(f"{name} is empty: no examples to compute influence with")
-    if len(y) != n:
-        raise RayifError(f"{name} has {n} inputs but {len(y)} targets")
+    if not dict_batch and len(batch[1]) != n:
+        raise RayifError(f"{name} has {n} inputs but {len(batch[1])} targets")
+    uneven = {k: len(v) for k, v in leaves if len(v) != n}
+    if uneven:
+        raise RayifError(f"{name}: every tensor needs the examples on its first dimension; "
+                         f"{leaves[0][0]} has {n} rows but {uneven}")
     ids_arr = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
     if ids_arr.shape != (n,) or not np.issubdtype(ids_arr.dtype, np.integer):
         raise RayifError(f"{name} ids must be {n} integers, got shape {ids_arr.shape} dtype {ids_arr.dtype}")
     ids_arr = ids_arr.astype(np.int64)
     if len(np.unique(ids_arr)) != n:
         raise RayifError(f"{name} ids are not unique")
-    return Examples(x, y, ids_arr)
+    return Examples(batch, ids_arr)
 
 
 def _as_tensor(a: Any, what: str) -> Tensor:
@@ -112,23 +170,30 @@ def _as_tensor(a: Any, what: str) -> Tensor:
 
 
 def read_examples(path: str | Path, *, name: str = "data", input_column: str = "x", target_column: str = "y",
-                  id_column: str = "id") -> Examples:
+                  id_column: str = "id", dict_batch: bool = False) -> Examples:
     """Examples from a parquet file or folder: an input column (fixed-size list / tensor), a target column
-    and, if present, an integer id column (else ids are row positions)."""
+    and, if present, an integer id column (else ids are row positions); with ``dict_batch`` every column
+    but the id column, as a dict batch."""
     import pyarrow.parquet as pq
 
     if "://" not in str(path) and not Path(path).exists():  # URIs go to pyarrow's file systems
         raise RayifError(f"{name}: no such parquet file or folder: {path}")
     return as_examples(pq.read_table(path), name=name, input_column=input_column, target_column=target_column,
-                       id_column=id_column)
+                       id_column=id_column, dict_batch=dict_batch)
 
 
 def _is_arrow_table(data: Any) -> bool:
-    try:
-        import pyarrow as pa
-    except ImportError:  # pragma: no cover - pyarrow is a dependency
-        return False
+    import pyarrow as pa
+
     return isinstance(data, (pa.Table, pa.RecordBatch))
+
+
+def _is_ray_dataset(data: Any) -> bool:
+    try:
+        from ray.data import Dataset
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return isinstance(data, Dataset)
 
 
 def arrow_inputs(batch, column: str | Sequence[str]) -> np.ndarray:
@@ -142,7 +207,8 @@ def arrow_to_numpy(batch, name: str) -> np.ndarray:
     """Column ``name`` of a pyarrow batch as one numpy array ``[b, ...]``, without per-row copies."""
     import pyarrow as pa
 
-    col = batch.column(name).combine_chunks()
+    col = batch.column(name)
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if isinstance(col, pa.ExtensionArray) and hasattr(col, "to_numpy"):  # Ray's tensor columns
         return np.asarray(col.to_numpy())
     shape = []

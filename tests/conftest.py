@@ -34,8 +34,9 @@ def correlations(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the session: 2 CPUs and 2 fake GPUs (this machine has none)."""
+    """One local Ray for the session: 2 CPUs and 4 fake GPUs (this machine has none)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+

@@ -46,10 +46,9 @@ def _digits_parquet(folder, n_test: int):
 
 def test_explain_cli_on_parquet_equals_the_python_api(ray_local, tmp_path, capsys):
     import numpy as np
-    import pytest
 
     import rayif
-    from rayif import ExactConfig, RayifError
+    from rayif import ExactConfig
     from rayif.digits import example_task
 
     split = _digits_parquet(tmp_path, n_test=4)
@@ -73,5 +72,19 @@ def test_explain_cli_on_parquet_equals_the_python_api(ray_local, tmp_path, capsy
         ids = knn.filter(knn["test_id"].to_numpy() == 5000 + row)["train_id"].to_numpy()
         assert set(ids) <= set(near[row])
     assert "(kNN k=50)" in capsys.readouterr().out
-    with pytest.raises(RayifError, match="'module:callable'"):
-        main(["explain", "--task", "nocolon", "--train", "a", "--test", "b"])
+
+
+def test_a_user_mistake_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["explain", "--task", "nocolon", "--train", "a", "--test", "b"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rayif: error: --task must be 'module:callable'")
+    assert main(["explain", "--task", "rayif.digits:example_task", "--train", str(tmp_path / "none.parquet"),
+                 "--test", "b"]) == 2
+    assert "no such parquet file" in capsys.readouterr().err
+    _digits_parquet(tmp_path, n_test=2)
+    assert main(["explain", "--task", "rayif.digits:example_task", "--train", str(tmp_path / "train.parquet"),
+                 "--test", str(tmp_path / "test.parquet"), "--solver-option", "depth"]) == 2
+    assert "--solver-option takes KEY=JSON" in capsys.readouterr().err
+    assert main(["explain", "--task", "rayif.digits:example_task", "--train", str(tmp_path / "train.parquet"),
+                 "--test", str(tmp_path / "test.parquet"), "--solver-option", "depht=3"]) == 2
+    assert "unknown lissa option(s) ['depht']" in capsys.readouterr().err

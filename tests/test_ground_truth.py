@@ -53,7 +53,7 @@ def test_explicit_hessian_matches_torch_func_hessian(mlp):
     train = as_examples((sp.x_train[:300], sp.y_train[:300]))
     h = explicit_hessian(obj, train, chunk_size=64)
     x, y = train.inputs, train.targets
-    ref = torch.func.hessian(lambda th: obj.train_losses(th, x, y).mean())(obj.theta)
+    ref = torch.func.hessian(lambda th: obj.train_losses(th, (x, y)).mean())(obj.theta)
     torch.testing.assert_close(h, ref.double(), rtol=1e-8, atol=1e-10)
     # the weight decay is part of the training objective: it adds exactly lambda * I to the Hessian
     h0 = explicit_hessian(Objective(dataclasses.replace(task, weight_decay=0.0)), train, chunk_size=64)

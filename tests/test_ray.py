@@ -1,10 +1,10 @@
-"""The Ray path on a real local Ray: same answer as one process, on any number of workers, through deaths."""
+"""The Ray executor on a real local Ray: the in-process answer on any number of workers, through deaths."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -12,20 +12,20 @@ import ray
 import torch
 
 import rayif
-from rayif import LissaConfig, ScalingConfig
+from rayif import ExactConfig, LissaConfig, RunConfig, ScalingConfig
 from rayif.data import as_examples
-from rayif.distributed import WorkerPool, distributed_s_test, distributed_score
-from rayif.grads import Objective
-from rayif.influence import grads_at_test_points
+from rayif.executors.ray import RayExecutor
+from rayif.runner import Job, Runner
 
 LISSA = LissaConfig(depth=300, repetitions=4)
+HALF_CPU = {"CPU": 0.5}  # four workers fit the session's 2 CPUs
 
 
 @pytest.fixture(scope="module")
 def data(logistic):
     task, sp = logistic
     train = (sp.x_train, sp.y_train)
-    test = {"x": sp.x_test[:6], "y": sp.y_test[:6], "id": np.arange(100, 106)}
+    test = {"x": sp.x_test[:8], "y": sp.y_test[:8], "id": np.arange(100, 108)}
     return task, train, test
 
 
@@ -36,25 +36,68 @@ def _same(a, b, rtol=0.0):
     np.testing.assert_allclose(a["influence"].to_numpy(), b["influence"].to_numpy(), rtol=rtol, atol=0)
 
 
+def _job(table) -> dict:
+    return json.loads(table.schema.metadata[b"rayif.job"])
+
+
 def test_ray_equals_single_process_and_any_worker_count(ray_local, data):
     task, train, test = data
-    single = rayif.explain(task, train, test, top=10, solver=LISSA, seed=3)
+    run = RunConfig(test_batch_size=4)
+    single = rayif.explain(task, train, test, top=10, solver=LISSA, seed=3, run_config=run)
     one = rayif.explain(task, train, test, top=10, solver=LISSA, seed=3, scaling=ScalingConfig(num_workers=1),
-                        test_batch_size=4)
+                        run_config=run)
     two = rayif.explain(task, train, test, top=10, solver=LISSA, seed=3, scaling=ScalingConfig(num_workers=2),
-                        test_batch_size=4)
+                        run_config=run)
     _same(one, single, rtol=1e-5)
     _same(two, one)  # bit-identical: repetition t has seed (seed, t) wherever it runs
 
 
-def test_ray_exact_solver_and_knn_candidates(ray_local, data):
+def test_four_workers_all_run_s_test_units_and_equal_one_worker(ray_local, data):
     task, train, test = data
-    full = rayif.influence_matrix(task, train, test, rayif.ExactConfig())
+    cfg, run = LissaConfig(depth=200, repetitions=2), RunConfig(test_batch_size=2)
+    four = rayif.explain(task, train, test, top=5, solver=cfg, seed=1, run_config=run,
+                         scaling=ScalingConfig(num_workers=4, use_gpu=True, resources_per_worker=HALF_CPU))
+    one = rayif.explain(task, train, test, top=5, solver=cfg, seed=1, run_config=run,
+                        scaling=ScalingConfig(num_workers=1, resources_per_worker=HALF_CPU))
+    _same(four, one)
+    busy = _job(four)["worker_busy"]
+    # T=2 per batch, so two batches are in flight at once and every worker gets s_test units
+    assert len(busy) == 4 and all(b.get("s_test", 0) > 0 for b in busy), busy
+    assert all(b.get("score", 0) > 0 for b in busy), busy
+    gpus = [w["gpu_ids"] for w in json.loads(four.schema.metadata[b"rayif.workers"])]
+    assert sorted(gpus) == [["0"], ["1"], ["2"], ["3"]]  # one fake GPU per replica
+
+
+def test_group_self_influence_and_matrix_on_ray_equal_in_process(ray_local, data):
+    task, train, test = data
+    scaling = ScalingConfig(num_workers=2, resources_per_worker=HALF_CPU)
+    cfg = LissaConfig(depth=150, repetitions=3)
+    for solver in (ExactConfig(), cfg):
+        local = rayif.explain(task, train, test, top=5, solver=solver, group=True)
+        remote = rayif.explain(task, train, test, top=5, solver=solver, group=True, scaling=scaling)
+        _same(remote, local, rtol=1e-6)
+        assert set(remote["test_id"].to_pylist()) == {-1}
+    m_local = rayif.influence_matrix(task, train, test, ExactConfig())
+    m_ray = rayif.influence_matrix(task, train, test, ExactConfig(), scaling=scaling,
+                                   run_config=RunConfig(test_batch_size=3, solve_block=2))
+    np.testing.assert_allclose(m_ray, m_local, rtol=1e-8, atol=1e-12 * np.abs(m_local).max())
+    small = (train[0][:300], train[1][:300])
+    for solver in (ExactConfig(), LissaConfig(depth=100, repetitions=2)):
+        s_local = rayif.self_influence(task, small, solver=solver)
+        s_ray = rayif.self_influence(task, small, solver=solver, scaling=scaling, run_config=RunConfig(chunk_size=64))
+        assert s_ray["train_id"].to_pylist()[:20] == s_local["train_id"].to_pylist()[:20]
+        np.testing.assert_allclose(np.sort(s_ray["self_influence"].to_numpy()),
+                                   np.sort(s_local["self_influence"].to_numpy()), rtol=1e-6)
+
+
+def test_exact_solver_and_candidate_ids_on_ray(ray_local, data):
+    task, train, test = data
+    full = rayif.influence_matrix(task, train, test, ExactConfig())
     rng = np.random.default_rng(0)
-    cand = np.stack([rng.choice(1000, size=50, replace=False) for _ in range(6)])
-    table = rayif.explain(task, train, test, top=5, solver=rayif.ExactConfig(), candidates=cand,
-                          scaling=ScalingConfig(num_workers=2))
-    for row in range(6):
+    cand = np.stack([rng.choice(1000, size=50, replace=False) for _ in range(8)])
+    table = rayif.explain(task, train, test, top=5, solver=ExactConfig(), candidates=cand,
+                          scaling=ScalingConfig(num_workers=2), run_config=RunConfig(solve_block=3))
+    for row in range(8):
         vals = full[row, cand[row]]
         want = cand[row][np.argsort(-vals)[:5]]
         got = table.filter(table["test_id"].to_numpy() == 100 + row)
@@ -64,40 +107,45 @@ def test_ray_exact_solver_and_knn_candidates(ray_local, data):
 
 def test_a_killed_worker_is_replaced_and_the_result_is_identical(ray_local, data):
     task, train, test = data
-    ex, obj = as_examples(train), Objective(task)
-    v = grads_at_test_points(obj, as_examples(test))
-    scale = rayif.ihvp.estimate_scale(obj, ex, LISSA, 0)
-    cfg = LissaConfig(depth=600, repetitions=4)
-    pool = WorkerPool.start(task, ex, ScalingConfig(num_workers=2, max_restarts=2))
-    try:
-        calm = distributed_s_test(pool, v, cfg, scale=scale, seed=0, chunk_size=256)
-        calm_top = distributed_score(pool, calm, len(ex), top=10, chunk_size=128)
-        result, pid = {}, ray.get(pool.actors[0].info.remote())["pid"]
-        job = threading.Thread(target=lambda: result.update(
-            s=distributed_s_test(pool, v, cfg, scale=scale, seed=0, chunk_size=256)))
-        job.start()
-        time.sleep(1.0)  # mid-LiSSA: each worker holds two repetitions of several seconds
-        ray.kill(pool.actors[0], no_restart=False)
-        job.join(timeout=300)
-        assert torch.equal(result["s"], calm)
-        assert ray.get(pool.actors[0].info.remote())["pid"] != pid  # a new process replaced it
-        # and during scoring
-        job = threading.Thread(target=lambda: result.update(
-            top=distributed_score(pool, calm, len(ex), top=10, chunk_size=128)))
-        job.start()
-        time.sleep(0.2)
-        ray.kill(pool.actors[1], no_restart=False)
-        job.join(timeout=300)
-        np.testing.assert_array_equal(result["top"].harmful_ids, calm_top.harmful_ids)
-        np.testing.assert_array_equal(result["top"].helpful, calm_top.helpful)
-    finally:
-        pool.shutdown()
+    job = Job(as_examples(train), as_examples(test), LissaConfig(depth=400, repetitions=4), seed=0, top=10,
+              run=RunConfig(test_batch_size=4))
+    scaling = ScalingConfig(num_workers=2, resources_per_worker=HALF_CPU)
+    with RayExecutor(task, job.train, job.test, scaling, RunConfig(max_failures=2)) as ex:
+        calm = Runner(job, ex).explain()
+    killed: list[str] = []
+
+    def kill_once(call, worker):
+        # right after a unit went out: the worker dies with it in flight (running or queued), never after it
+        # finished, so the rerun path always runs. Worker 0 mid-LiSSA, worker 1 mid-scoring.
+        if (call.method, worker) in (("s_test", 0), ("score", 1)) and call.method not in killed:
+            killed.append(call.method)
+            ray.kill(ex.actors[worker], no_restart=False)
+
+    with RayExecutor(task, job.train, job.test, scaling, RunConfig(max_failures=2)) as ex:
+        pids = [i["pid"] for i in ex.infos]
+        ex.on_submit = kill_once
+        stormy = Runner(job, ex).explain()
+        assert killed == ["s_test", "score"] and ex.failures == 2
+        ex.on_submit = None
+        # map() waits for a restarting worker instead of racing it
+        now = [i["pid"] for i in ex.map([rayif.executors.Call("info", (), worker=w) for w in range(2)], _raw=True)]
+    assert now[0] != pids[0] and now[1] != pids[1]  # new processes replaced both
+    _same(stormy, calm)
 
 
-def test_resume_computes_only_missing_batches(ray_local, data, tmp_path, caplog):
+def test_dead_pool_says_how_to_resume(ray_local, data):
     task, train, test = data
-    kw = dict(top=5, solver=LISSA, seed=1, scaling=ScalingConfig(num_workers=2), test_batch_size=2,
-              output_dir=str(tmp_path))
+    job = Job(as_examples(train), as_examples(test), LISSA, run=RunConfig(max_failures=0))
+    with RayExecutor(task, job.train, job.test, ScalingConfig(num_workers=1), job.run) as ex:
+        ray.kill(ex.actors[0], no_restart=True)
+        with pytest.raises(rayif.RayifError, match="max_failures=0.*rerun with the same output_dir"):
+            Runner(job, ex).explain()
+
+
+def test_resume_computes_only_missing_batches_and_refuses_a_changed_model(ray_local, data, tmp_path, caplog):
+    task, train, test = data
+    run = RunConfig(test_batch_size=3, output_dir=str(tmp_path))
+    kw = dict(top=5, solver=LISSA, seed=1, scaling=ScalingConfig(num_workers=2), run_config=run)
     first = rayif.explain(task, train, test, **kw)
     assert len(list(tmp_path.glob("batch-*.parquet"))) == 3
     (tmp_path / "batch-000001.parquet").unlink()  # as if the driver stopped before writing it
@@ -106,30 +154,43 @@ def test_resume_computes_only_missing_batches(ray_local, data, tmp_path, caplog)
         again = rayif.explain(task, train, test, **kw)
     assert "2 of 3 test batches already done" in caplog.text
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("batch-*.parquet") if p.name in stamp} == stamp
+    assert _job(again)["worker_busy"][0].get("s_test", 0) + _job(again)["worker_busy"][1].get("s_test", 0) > 0
     _same(again, first)
-    with pytest.raises(rayif.RayifError, match="different job"):
+    # the same job in this process resumes the same folder: nothing left to compute
+    local = rayif.explain(task, train, test, **{**kw, "scaling": None})
+    _same(local, first)
+    assert "s_test" not in _job(local)["seconds"]
+    with pytest.raises(rayif.RayifError, match=r"different job \(differs in \['seed'\]"):
         rayif.explain(task, train, test, **{**kw, "seed": 2})
+    retrained = rayif.digits.train(task.build_model(), train[0][:900], train[1][:900], task.weight_decay)
+    state = {k: v.detach().clone() for k, v in retrained.state_dict().items()}
+    changed = dataclasses.replace(task, model_factory=rayif.digits._factory("logistic", 32, state))
+    with pytest.raises(rayif.RayifError, match=r"differs in \['model_fingerprint'\]"):
+        rayif.explain(changed, train, test, **kw)
+    with pytest.raises(rayif.RayifError, match=r"differs in \['test_ids_sha256'\]"):
+        rayif.explain(task, train, {**test, "id": test["id"] + 1}, **kw)
 
 
 def test_one_replica_per_fake_gpu_and_cpu_fallback(ray_local, data, caplog):
     task, train, _ = data
     with caplog.at_level(logging.INFO, logger="rayif"):
-        pool = WorkerPool.start(task, as_examples(train), ScalingConfig(num_workers=2, use_gpu=True))
+        ex = RayExecutor(task, as_examples(train), None, ScalingConfig(num_workers=2, use_gpu=True), RunConfig())
     try:
-        gpus = [info["gpu_ids"] for info in pool.infos]
-        assert sorted(gpus) == [["0"], ["1"]]  # exactly one GPU each, different ones
-        assert all(info["device"] == "cpu" for info in pool.infos)
+        gpus = [info["gpu_ids"] for info in ex.infos]
+        assert len({g[0] for g in gpus}) == 2 and all(len(g) == 1 for g in gpus)  # one GPU each, different
+        assert all(info["device"] == "cpu" for info in ex.infos)
         assert caplog.text.count("torch sees no CUDA device") == 2
         assert "falling back to CPU" in caplog.text
     finally:
-        pool.shutdown()
+        ex.close()
 
 
-def test_dead_pool_says_how_to_resume(ray_local, data):
+def test_workers_that_cannot_be_placed_name_the_missing_resources(ray_local, data):
     task, train, test = data
-    ex = as_examples(train)
-    pool = WorkerPool.start(task, ex, ScalingConfig(num_workers=1, max_restarts=0))
-    v = grads_at_test_points(Objective(task), as_examples(test))
-    ray.kill(pool.actors[0], no_restart=True)
-    with pytest.raises(rayif.RayifError, match="max_restarts=0.*rerun with the same output_dir"):
-        distributed_s_test(pool, v, LISSA, scale=1.0, seed=0, chunk_size=256)
+    with pytest.raises(rayif.RayifError, match=r"the cluster lacks CPU: 3 needed, 2 in the cluster"):
+        rayif.explain(task, train, test, solver=LISSA,
+                      scaling=ScalingConfig(num_workers=3, placement_timeout_s=1.0))
+    # what was reserved was given back: a job that fits runs next
+    table = rayif.explain(task, train, test, top=3, solver=ExactConfig(), scaling=ScalingConfig(num_workers=2))
+    assert table.num_rows == 8 * 2 * 3
+    assert torch.get_num_threads() >= 1

@@ -33,9 +33,8 @@ def estimate_scale(objective: Objective, train: Examples, config: LissaConfig, s
     """
     rng = np.random.default_rng([seed, _SCALE_STREAM])
     n, k, b = len(train), config.scale_batches, config.batch_size
-    idx = torch.as_tensor(rng.integers(0, n, size=(k, b)))
-    xb = train.inputs[idx].to(objective.device)
-    yb = train.targets[idx].to(objective.device)
+    idx = rng.integers(0, n, size=(k, b))
+    batches = [train.take(idx[i]).to(objective.device).batch for i in range(k)]
     sample = train.take(rng.choice(n, size=min(n, 1024), replace=False))
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     v = torch.randn(k + 1, objective.num_params, generator=gen, dtype=objective.dtype).to(objective.device)
@@ -43,7 +42,7 @@ def estimate_scale(objective: Objective, train: Examples, config: LissaConfig, s
     lam = torch.zeros(k + 1, dtype=objective.dtype, device=objective.device)
     for _ in range(_POWER_ITERATIONS):
         hv = torch.cat([
-            objective.batched_hvp(v[:k], xb, yb),
+            *(objective.hvp(v[i : i + 1], batches[i]) for i in range(k)),
             objective.full_hvp(v[k:], sample, chunk_size=256),
         ])
         lam = (v * hv).sum(1).abs()
@@ -82,10 +81,8 @@ def lissa_repetition(
     tail = torch.zeros_like(v)
     history: list[Tensor] = [h.norm(dim=1)]
     for j in range(1, config.depth + 1):
-        idx = torch.as_tensor(batches[j - 1])
-        xb = train.inputs[idx].to(objective.device)
-        yb = train.targets[idx].to(objective.device)
-        h = v + (1 - d) * h - objective.hvp(h, xb, yb) / scale
+        batch = train.take(batches[j - 1]).to(objective.device).batch
+        h = v + (1 - d) * h - objective.hvp(h, batch) / scale
         if j > tail_start:
             tail += h
         if j % config.check_every == 0 or j == config.depth:

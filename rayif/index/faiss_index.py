@@ -17,7 +17,8 @@ import torch
 
 from ..data import Examples, as_examples
 from ..errors import RayifError
-from ..task import Task
+from ..scaling import ensure_ray
+from ..task import Task, model_fingerprint
 from .config import IndexConfig
 from .features import feature_batches, parquet_paths
 
@@ -25,16 +26,6 @@ log = logging.getLogger("rayif")
 
 INDEX_FILE, META_FILE = "index.faiss", "meta.json"
 FORMAT = 1
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the model's parameter and buffer names, shapes, dtypes and bytes."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def feature_name(task: Task) -> str:
@@ -53,6 +44,15 @@ class FeatureIndex:
     index: Any
     meta: dict
     _gpu: Any = field(default=None, init=False, repr=False)  # the GPU copy searches use, made on first search
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of what the index holds (model, feature function, kind, config, rows): a job's candidate
+        source in its manifest."""
+        keep = {k: self.meta.get(k) for k in ("kind", "metric", "dim", "rows", "nlist", "nprobe", "model_fingerprint",
+                                                "feature_fn")}
+        keep["config"] = {k: v for k, v in self.meta.get("config", {}).items() if k not in _RUNTIME}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
     @property
     def dim(self) -> int:
@@ -88,7 +88,7 @@ class FeatureIndex:
         ``group=True``: one row, the neighbours of the mean feature of all test points (FastIF's query for
         a group of test points).
         """
-        ex = test if isinstance(test, Examples) else as_examples(test, name="test data")
+        ex = test if isinstance(test, Examples) else as_examples(test, name="test data", dict_batch=task.dict_batches)
         f = self.features_of(task, ex)
         if group:
             f = f.mean(0, keepdims=True)
@@ -97,7 +97,7 @@ class FeatureIndex:
     def features_of(self, task: Task, ex: Examples, chunk_size: int = 4096) -> np.ndarray:
         model = task.build_model()
         self.check_task(task, model)
-        parts = [task.compute_features(model, c.inputs).float().numpy() for c in ex.chunks(chunk_size)]
+        parts = [task.compute_features(model, c.batch).float().numpy() for c in ex.chunks(chunk_size)]
         return np.concatenate(parts)
 
     def check_task(self, task: Task, model: torch.nn.Module | None = None) -> None:
@@ -155,7 +155,7 @@ class FeatureIndex:
 
 def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, path: str | Path | None = None,
                 rebuild: bool = False, input_column: str | Sequence[str] = "x", id_column: str = "id",
-                num_rows: int | None = None) -> FeatureIndex:
+                num_rows: int | None = None, address: str | None = None) -> FeatureIndex:
     """Stream the training set through the model (Ray Data actors) into a FAISS index.
 
     Args:
@@ -167,6 +167,7 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
             feature function and config, that one is loaded instead of building; one built otherwise is
             refused unless ``rebuild=True``.
         num_rows: the training set's row count when known, checked against a reused index.
+        address: the Ray cluster to build on; default ``RAY_ADDRESS``, else a local Ray started here.
     """
     config = config or IndexConfig()
     if path is not None and (Path(path) / META_FILE).exists() and not rebuild:
@@ -178,9 +179,7 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
                              "rebuild=True to replace it or use another path")
         log.info("reusing the FAISS index in %s (%d rows, %s)", path, len(idx), idx.meta["kind"])
         return idx
-    from ..distributed import ensure_ray
-
-    ensure_ray()
+    ensure_ray(address)
     t0 = time.perf_counter()
     builder = _Builder(config, _dataset_rows(train))
     first = None

@@ -38,9 +38,10 @@ def training_dataset(data: Any, *, input_column: str | Sequence[str] = "x", id_c
         ds = ray.data.read_parquet(paths, shuffle=shuffle)
     else:
         ex = data if isinstance(data, Examples) else as_examples(data, name="training data")
-        return ray.data.from_arrow(_arrow_blocks(ex, id_column)), "x"
+        return ray.data.from_arrow(_arrow_blocks(ex, id_column)), ("x" if isinstance(ex.batch, tuple) else None)
     names = ds.schema().names if ds.schema() is not None else []
-    wanted = [id_column, *([input_column] if isinstance(input_column, str) else input_column)]
+    wanted = [id_column, *([] if input_column is None else [input_column] if isinstance(input_column, str)
+                           else input_column)]
     missing = [c for c in wanted if c not in names]
     if missing:
         hint = (f" (give every row a stable integer id, e.g. its position, as column {id_column!r})"
@@ -59,17 +60,21 @@ def parquet_paths(data: Any) -> list[str] | None:
 
 
 def _arrow_blocks(ex: Examples, id_column: str, rows: int = 16_384) -> list:
-    """In-memory examples as Arrow tables of ``rows`` rows: ``id_column`` and ``x`` as nested fixed-size lists."""
+    """In-memory examples as Arrow tables of ``rows`` rows: ``id_column`` and ``x`` (the inputs of an
+    ``(inputs, targets)`` batch) or every column of a dict batch, as nested fixed-size lists."""
     import pyarrow as pa
 
-    x = ex.inputs.numpy()
+    columns = {"x": ex.inputs} if isinstance(ex.batch, tuple) else dict(ex.batch)
     blocks = []
-    for start in range(0, len(x), rows):
-        part = np.ascontiguousarray(x[start : start + rows])
-        col = pa.array(part.reshape(-1))
-        for size in reversed(part.shape[1:]):
-            col = pa.FixedSizeListArray.from_arrays(col, size)
-        blocks.append(pa.table({id_column: ex.ids[start : start + rows], "x": col}))
+    for start in range(0, len(ex), rows):
+        table = {id_column: ex.ids[start : start + rows]}
+        for name, t in columns.items():
+            part = np.ascontiguousarray(t[start : start + rows].numpy())
+            col = pa.array(part.reshape(-1))
+            for size in reversed(part.shape[1:]):
+                col = pa.FixedSizeListArray.from_arrays(col, size)
+            table[name] = col
+        blocks.append(pa.table(table))
     return blocks
 
 
@@ -84,8 +89,13 @@ class FeatureActor:
         self.model = task.build_model(self.device)
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.require(arrow_inputs(batch, self.input_column), requirements=["C", "W"]))
-        x = x.to(self.device)
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.require(a, requirements=["C", "W"])).to(self.device)
+
+        if self.task.dict_batches:  # every column but the id is part of the model's batch
+            x = {c: tensor(arrow_to_numpy(batch, c)) for c in batch.column_names if c != self.id_column}
+        else:
+            x = tensor(arrow_inputs(batch, self.input_column))
         with torch.no_grad():
             f = self.task.compute_features(self.model, x)
         ids = arrow_to_numpy(batch, self.id_column)
@@ -114,6 +124,10 @@ def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column:
         # whole set. (Ray's randomize_block_order would too, but it is all-to-all: it reads everything
         # before the first feature is computed, which breaks streaming.)
         seed = None if config.kind == "flat" else config.seed
+        if task.dict_batches:  # the batch is every column but the id
+            input_column = None
+            if parquet_paths(data) is None and not isinstance(data, ray.data.Dataset):
+                data = as_examples(data, name="training data", dict_batch=True)
         ds, input_column = training_dataset(data, input_column=input_column, id_column=id_column,
                                             shuffle_files_seed=seed)
         size, per_actor = _pool_size(ray.available_resources(), config)
@@ -141,13 +155,13 @@ def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column:
         failure = found[-1].strip()
     finally:
         batches.close()  # a consumer that stops early stops the execution and its actors
-    if failure is not None:
-        # A failed execution sits in a reference cycle with its error and keeps its actors, and their CPUs,
-        # until the garbage collector runs; the next pipeline's read tasks would wait for those CPUs. Drop
-        # the cycle now and raise an error that does not hold it.
+        # An execution can sit in a reference cycle (with its error, when it failed) and keep its actors, and
+        # their CPUs, until the garbage collector runs, which an idle driver may not do for minutes; the next
+        # pipeline's reads, or a placement group of workers, would wait for those CPUs. Drop it now.
         del ds, feats, batches
         gc.collect()
-        raise RayifError(failure)
+    if failure is not None:
+        raise RayifError(failure)  # an error that holds no execution
 
 
 _BLOCK_BYTES = 16 * 2**20

@@ -9,10 +9,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..api import influence_matrix, task_examples
 from ..config import SolverConfig
-from ..data import as_examples
 from ..errors import RayifError
-from ..influence import influence_matrix
 from ..task import Task
 from .faiss_index import FeatureIndex
 
@@ -28,8 +27,8 @@ def knn_recall(task: Task, train: Any, test: Any, index: FeatureIndex, ks: Seque
         a table with columns ``k``, ``fraction`` (k / n), ``recall_mean``, ``recall_min``, ``recall_max``
         over the test points, and ``num_test``.
     """
-    train_ex = as_examples(train, name="training data")
-    test_ex = as_examples(test, name="test data")
+    train_ex = task_examples(task, train, "training data")
+    test_ex = task_examples(task, test, "test data")
     ks = sorted({int(k) for k in ks})
     values = influence_matrix(task, train_ex, test_ex, solver=solver, seed=seed)  # [m, n]
     order = np.lexsort((np.broadcast_to(train_ex.ids, values.shape), -values), axis=1)[:, :top]

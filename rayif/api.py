@@ -1,0 +1,168 @@
+"""The public driver API: every entry point builds a :class:`~rayif.runner.Job` and runs it on an executor.
+
+``scaling=None`` (or ``ScalingConfig(num_workers=0)``) runs in this process; ``ScalingConfig(num_workers=N)``
+on N Ray workers. Same seed, same answer either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .config import LissaConfig, RunConfig, SolverConfig
+from .data import Examples, as_examples, ids_digest
+from .errors import RayifError
+from .executors import make_executor
+from .runner import Job, Runner
+from .scaling import ScalingConfig
+from .task import Task
+
+
+def task_examples(task: Task, data: Any, name: str) -> Examples:
+    """User data in the batch form ``task`` takes (``(inputs, targets)`` or dict / tuple batches)."""
+    return as_examples(data, name=name, dict_batch=task.dict_batches)
+
+
+def _run(task: Task, job: Job, scaling: ScalingConfig | None, address: str | None, what: str):
+    with make_executor(task, job.train, job.test, scaling, job.run, address) as ex:
+        runner = Runner(job, ex)
+        return getattr(runner, what)()
+
+
+def explain(
+    task: Task,
+    train: Any,
+    test: Any,
+    *,
+    top: int = 10,
+    solver: SolverConfig | None = None,
+    seed: int = 0,
+    group: bool = False,
+    candidates: np.ndarray | None = None,
+    index: Any = None,
+    k: int | None = None,
+    scaling: ScalingConfig | None = None,
+    run_config: RunConfig | None = None,
+    address: str | None = None,
+) -> pa.Table:
+    """The ``top`` most harmful and most helpful training examples for each test point.
+
+    Args:
+        task: the model and its losses.
+        train: training data: ``(inputs, targets)`` arrays/tensors, a mapping of columns, a ``pyarrow.Table``,
+            a ``ray.data.Dataset`` or ``Examples`` (dict / tuple batches for tasks with ``batch_loss``).
+        test: test points, in the same forms.
+        top: how many harmful and how many helpful examples per test point (at most the training size).
+        solver: how to compute s_test; default ``LissaConfig()``.
+        seed: fixes every LiSSA repetition.
+        group: one s_test for the mean test loss over all test points (FastIF's group influence); the
+            rows then carry ``test_id = -1``.
+        candidates: ``[m, k]`` training ids each test point may rank (``[1, k]`` with ``group``), ``k >= top``;
+            each worker scores only the candidates in its own training shard.
+        index: a :class:`rayif.index.FeatureIndex` (``build_index``): each test point's ``k`` nearest training
+            rows become its candidates (FastIF's kNN preselection); with ``group=True`` the neighbours of the
+            test points' mean feature. A stale index is refused.
+        k: candidates per test point with ``index=``.
+        scaling: a :class:`rayif.ScalingConfig` to run on Ray workers that each hold one model replica;
+            ``None`` or ``num_workers=0``: this process.
+        run_config: test batches, output folder and resume, progress, gradient cache, failure policy
+            (:class:`rayif.RunConfig`).
+        address: (Ray) the cluster to join; default ``RAY_ADDRESS``, else a local Ray started here.
+
+    Returns:
+        A ``pyarrow.Table`` in :data:`rayif.results.SCHEMA` (positive influence = harmful). Its metadata holds
+        the solver, seed, model fingerprint, workers and the job's timings (``rayif.job``).
+    """
+    run = run_config or RunConfig()
+    train_ex, test_ex = task_examples(task, train, "training data"), task_examples(task, test, "test data")
+    _check_top(top, len(train_ex))
+    source = None
+    if index is not None:
+        if candidates is not None:
+            raise RayifError("pass candidates= or index= (with k=), not both")
+        if k is None or k < top:
+            raise RayifError(f"index= needs k= candidates per test point, at least top={top}; got k={k}")
+        candidates = index.candidates(task, test_ex, k, group=group)
+        source = {"source": "index", "index": index.fingerprint, "k": int(k)}
+    elif k is not None:
+        raise RayifError("k= takes an index= to find the candidates in")
+    if candidates is not None:
+        candidates = np.asarray(candidates)
+        rows = 1 if group else len(test_ex)
+        if candidates.ndim != 2 or len(candidates) != rows or not np.issubdtype(candidates.dtype, np.integer):
+            raise RayifError(f"candidates must be [{rows}, k] integer training ids (one row per test point"
+                             f"{', one for the group' if group else ''}), got {candidates.dtype} {candidates.shape}")
+        if candidates.shape[1] < top:
+            raise RayifError(f"candidates must give each test point k >= top={top} training ids, got "
+                             f"k={candidates.shape[1]}")
+        source = source or {"source": "ids", "sha256": ids_digest(candidates), "k": int(candidates.shape[1])}
+    job = Job(train_ex, test_ex, solver or LissaConfig(), seed, group, top, candidates, source, run)
+    return _run(task, job, scaling, address, "explain")
+
+
+def compute_s_test(
+    task: Task,
+    train: Any,
+    test: Any,
+    solver: SolverConfig | None = None,
+    *,
+    seed: int = 0,
+    group: bool = False,
+    scaling: ScalingConfig | None = None,
+    run_config: RunConfig | None = None,
+    address: str | None = None,
+) -> torch.Tensor:
+    """``s_test = (H + lambda I)^-1 grad L(z_test)`` for every test point: ``[m, p]`` (``[1, p]`` if ``group``)."""
+    job = Job(task_examples(task, train, "training data"), task_examples(task, test, "test data"),
+              solver or LissaConfig(), seed, group, run=run_config or RunConfig())
+    return _run(task, job, scaling, address, "s_test_all")
+
+
+def influence_matrix(
+    task: Task,
+    train: Any,
+    test: Any,
+    solver: SolverConfig | None = None,
+    *,
+    seed: int = 0,
+    group: bool = False,
+    scaling: ScalingConfig | None = None,
+    run_config: RunConfig | None = None,
+    address: str | None = None,
+) -> np.ndarray:
+    """Every influence value, ``[m, n]`` float64 (``[1, n]`` if ``group``), columns in training-data order.
+
+    Holds the whole matrix: for large training sets use :func:`explain`, which keeps only the top.
+    """
+    job = Job(task_examples(task, train, "training data"), task_examples(task, test, "test data"),
+              solver or LissaConfig(), seed, group, run=run_config or RunConfig())
+    return _run(task, job, scaling, address, "matrix")
+
+
+def self_influence(
+    task: Task,
+    train: Any,
+    *,
+    solver: SolverConfig | None = None,
+    seed: int = 0,
+    scaling: ScalingConfig | None = None,
+    run_config: RunConfig | None = None,
+    address: str | None = None,
+) -> pa.Table:
+    """``grad L(z)^T H^-1 grad L(z)`` for every training example: large values flag likely mislabels.
+
+    Returns a table ``(train_id, self_influence)`` sorted by decreasing self influence.
+    """
+    job = Job(task_examples(task, train, "training data"), None, solver or LissaConfig(), seed,
+              run=run_config or RunConfig())
+    return _run(task, job, scaling, address, "self_influence")
+
+
+def _check_top(top: int, n: int) -> None:
+    if top < 1:
+        raise RayifError(f"top must be >= 1, got {top}")
+    if top > n:
+        raise RayifError(f"top={top} is larger than the training set ({n} examples)")

@@ -1,0 +1,199 @@
+"""The Ray executor: one actor per worker, each holding one model replica, placed by a placement group.
+
+Units go to whichever worker is free (or to the worker a unit is pinned to, for its gradient cache). A unit
+whose worker died is rerun on the restarted replica: units are pure, so the result does not change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..config import RunConfig
+from ..data import Examples
+from ..errors import RayifError
+from ..replica import Replica, pick_device
+from ..scaling import ScalingConfig, ensure_ray
+from ..task import Task
+from . import Busy, Call
+
+log = logging.getLogger("rayif")
+
+_UNAVAILABLE_WAIT_S, _UNAVAILABLE_LIMIT_S = 0.5, 600.0
+
+
+class _Worker:
+    """The actor: a :class:`Replica` plus where it runs. ``run`` times each unit."""
+
+    def __init__(self, task: Task, train: Examples, test: Examples | None, use_gpu: bool, grad_cache_mb: float):
+        import ray
+
+        ctx = ray.get_runtime_context()
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        device, self.fallback = pick_device(use_gpu, self.gpu_ids)
+        if self.fallback:
+            log.warning("rayif worker %s: %s", ctx.get_actor_id(), self.fallback)
+        self.node_id = ctx.get_node_id()
+        self.replica = Replica(task, train, test, device, grad_cache_mb)
+        self.replica.warm_up()
+
+    def info(self) -> dict:
+        return {**self.replica.info(), "node_id": self.node_id, "gpu_ids": self.gpu_ids, "fallback": self.fallback}
+
+    def run(self, method: str, *args: Any) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        out = getattr(self.replica, method)(*args)
+        return out, time.perf_counter() - t0
+
+
+class RayExecutor:
+    """``scaling.num_workers`` actors in one placement group; ``map`` keeps each one busy with a unit."""
+
+    def __init__(self, task: Task, train: Examples, test: Examples | None, scaling: ScalingConfig, run: RunConfig,
+                 address: str | None = None, on_submit: Callable[[Call, int], None] | None = None):
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        ensure_ray(address)
+        self.num_workers, self.max_failures, self.on_submit = scaling.num_workers, run.max_failures, on_submit
+        self.busy, self.failures = Busy(), 0
+        self._deaths = [0] * scaling.num_workers
+        self._epoch = [0] * scaling.num_workers  # bumped at each counted death of the worker
+        bundle = scaling.bundle()
+        self._pg = placement_group([bundle] * scaling.num_workers, strategy=scaling.placement_strategy)
+        if not self._pg.wait(timeout_seconds=scaling.placement_timeout_s):
+            remove_placement_group(self._pg)
+            raise RayifError(_unplaceable(scaling, bundle, ray.cluster_resources(), ray.available_resources()))
+        # the constructor's arguments must outlive the actors: a restarted worker reads them again
+        self._refs = (ray.put(task), ray.put(train), ray.put(test))
+        remote = ray.remote(_Worker)
+        extra = dict(bundle)
+        num_gpus, num_cpus = extra.pop("GPU", 0.0), extra.pop("CPU", 0.0)
+        self.actors = [
+            remote.options(
+                num_cpus=num_cpus, num_gpus=num_gpus, resources=extra or None,
+                max_restarts=run.max_failures, max_task_retries=0,  # map() reruns a dead worker's units itself
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
+            ).remote(*self._refs, scaling.use_gpu, run.grad_cache_mb)
+            for i in range(scaling.num_workers)
+        ]
+        try:
+            self.infos = self.map([Call("info", (), worker=i) for i in range(self.num_workers)], _raw=True)
+        except BaseException:
+            self.close()
+            raise
+        for i, info in enumerate(self.infos):
+            log.info("rayif worker %d on node %s (pid %s): device %s, GPU ids %s", i, info["node_id"][:12],
+                     info["pid"], info["device"], info["gpu_ids"] or "none")
+            if info["fallback"]:
+                log.warning("rayif worker %d: %s", i, info["fallback"])
+
+    def put(self, value: Any) -> Any:
+        import ray
+
+        return ray.put(value)
+
+    def map(self, calls: list[Call], *, _raw: bool = False) -> list[Any]:
+        """Run ``calls`` on the workers, one unit per worker at a time; results in the order of ``calls``."""
+        import ray
+
+        results: list[Any] = [None] * len(calls)
+        shared: deque[int] = deque()
+        own: list[deque[int]] = [deque() for _ in range(self.num_workers)]
+        for k, c in enumerate(calls):
+            (shared if c.worker is None else own[c.worker % self.num_workers]).append(k)
+        inflight: dict[Any, tuple[int, int, int]] = {}
+        idle = set(range(self.num_workers))
+        waited = [0.0] * self.num_workers
+        left = len(calls)
+        while left:
+            for w in sorted(idle):
+                queue = own[w] or shared
+                if queue:
+                    k = queue.popleft()
+                    c = calls[k]
+                    actor = self.actors[w]
+                    ref = getattr(actor, c.method).remote(*c.args) if _raw else actor.run.remote(c.method, *c.args)
+                    inflight[ref] = (k, w, self._epoch[w])
+                    idle.discard(w)
+                    if self.on_submit is not None:  # a hook for tests: the unit is in flight now
+                        self.on_submit(c, w)
+            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            k, w, epoch = inflight.pop(ref)
+            idle.add(w)
+            requeue = own[w] if calls[k].worker is not None else shared
+            try:
+                out = ray.get(ref)
+            except ray.exceptions.ActorUnavailableError as e:
+                if "restarted" in str(e) and epoch == self._epoch[w]:
+                    # the unit was on the worker when it died ("the task may or may not have been executed")
+                    self._died(w, calls[k].method, e)
+                else:
+                    # Restarting after a death already counted, or a network blip: wait, then send it again.
+                    # Units are pure, so sending one again that may have run is safe.
+                    waited[w] += _UNAVAILABLE_WAIT_S
+                    if waited[w] > _UNAVAILABLE_LIMIT_S:
+                        raise RayifError(f"rayif worker {w} stayed unavailable for {_UNAVAILABLE_LIMIT_S:.0f}s") from e
+                    time.sleep(_UNAVAILABLE_WAIT_S)
+                requeue.appendleft(k)
+                continue
+            except ray.exceptions.RayActorError as e:
+                if epoch == self._epoch[w]:  # units in flight together die together: one failure
+                    self._died(w, calls[k].method, e)
+                requeue.appendleft(k)
+                continue
+            except ray.exceptions.RayTaskError as e:
+                if isinstance(getattr(e, "cause", None), RayifError):
+                    raise e.cause from None
+                raise
+            if _raw:
+                results[k] = out
+            else:
+                results[k], seconds = out
+                self.busy.add(w, calls[k].method, seconds)
+            left -= 1
+        return results
+
+    def _died(self, w: int, method: str, error: Exception) -> None:
+        self._deaths[w] += 1
+        self._epoch[w] += 1
+        self.failures += 1
+        if self._deaths[w] > self.max_failures:
+            raise RayifError(
+                f"rayif worker {w} died {self._deaths[w]} times, more than RunConfig.max_failures="
+                f"{self.max_failures}; batches already written are kept: rerun with the same output_dir to resume"
+            ) from error
+        log.warning("rayif worker %d died during %s; rerunning its unit on the restarted replica (failure %d of "
+                    "%d allowed)", w, method, self._deaths[w], self.max_failures)
+
+    def close(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for a in getattr(self, "actors", []):
+            ray.kill(a)
+        remove_placement_group(self._pg)
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _unplaceable(scaling: ScalingConfig, bundle: dict[str, float], total: dict, free: dict) -> str:
+    need = {k: v * scaling.num_workers for k, v in bundle.items()}
+    missing = {k: f"{v:g} needed, {total.get(k, 0):g} in the cluster" for k, v in need.items() if total.get(k, 0) < v}
+    if missing:
+        why = "the cluster lacks " + "; ".join(f"{k}: {v}" for k, v in missing.items())
+    else:
+        busy = {k: f"{v:g} needed, {free.get(k, 0):g} free" for k, v in need.items() if free.get(k, 0) < v}
+        why = ("the resources exist but are held by other work (" + "; ".join(f"{k}: {v}" for k, v in busy.items())
+               + ")" if busy else f"no node layout satisfies {scaling.placement_strategy} for these bundles")
+    return (f"Ray could not place {scaling.num_workers} rayif workers of {bundle} each "
+            f"({scaling.placement_strategy}) within {scaling.placement_timeout_s:g}s: {why}. Lower "
+            "ScalingConfig.num_workers or resources_per_worker, add nodes, or raise placement_timeout_s")

@@ -1,0 +1,152 @@
+"""One model replica with the job's data, and the work units it runs.
+
+Both executors hold replicas: one in this process, or one per Ray worker. Every unit is a pure function of
+its arguments and the seed, so a unit rerun on a restarted worker, or run on another worker, gives the same
+bits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import LissaConfig, SolverConfig
+from .data import Examples
+from .errors import RayifError
+from .grads import Objective, require_finite_vectors
+from .ihvp import estimate_scale, lissa_repetition, make_solver
+from .kernels import ChunkWork, TopInfluence, influence_from_grads
+from .task import Task
+
+log = logging.getLogger("rayif")
+
+_CHECK_ROWS = 4096
+
+
+def pick_device(want_gpu: bool, gpu_ids: list | None = None) -> tuple[str, str | None]:
+    """``(device, why_not_gpu)``: cuda when asked for and visible, else cpu and the reason."""
+    if not want_gpu:
+        return "cpu", None
+    if torch.cuda.is_available():
+        return "cuda", None
+    return "cpu", (f"GPU(s) {gpu_ids if gpu_ids is not None else '(this process)'} were asked for but torch "
+                   f"sees no CUDA device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): "
+                   "falling back to CPU")
+
+
+class Replica:
+    """A model replica, the training data and the test points: the units of an influence job as methods."""
+
+    def __init__(self, task: Task, train: Examples, test: Examples | None, device: str = "cpu",
+                 grad_cache_mb: float = 512.0):
+        self.device = device
+        self.objective = Objective(task, device)
+        self.train, self.test = train, test
+        self._solvers: dict[tuple, object] = {}
+        self._grads: OrderedDict[tuple[int, int], Tensor] = OrderedDict()
+        self._cache_bytes = int(grad_cache_mb * 2**20)
+        self._cached_bytes = 0
+
+    def warm_up(self) -> None:
+        """The first per-example gradient and HVP in a fresh process pay about a second of torch.func set-up;
+        paying it at start overlaps it across workers instead of stalling the first unit."""
+        one = self.train.take(slice(0, 1))
+        self.objective.train_grads(one)
+        self.objective.hvp(self.objective.theta[None], one.to(self.device).batch)
+
+    def info(self) -> dict:
+        o = self.objective
+        return {"pid": os.getpid(), "device": self.device, "num_params": o.num_params,
+                "dtype": str(o.dtype).replace("torch.", ""), "model_fingerprint": o.fingerprint()}
+
+    # --- units ------------------------------------------------------------------------------------
+
+    def check(self, which: str, start: int, stop: int) -> None:
+        """Validate rows ``[start, stop)`` of the training (``which="train"``) or test data."""
+        data, name = (self.train, "training data") if which == "train" else (self.test, "test data")
+        self.objective.check(data.take(slice(start, stop)), name, head=start == 0)
+
+    def scale(self, config: LissaConfig, seed: int) -> float:
+        """LiSSA's ``scale`` (given, or estimated by power iteration): one per job."""
+        return config.scale or estimate_scale(self.objective, self.train, config, seed)
+
+    def test_vectors(self, rows: np.ndarray, group: bool) -> Tensor:
+        """``[m, p]`` test-loss gradients of test rows ``rows`` (``[1, p]``: their mean, when ``group``)."""
+        g = torch.cat([self.objective.test_grads(self.test.take(rows[i : i + 1024]))
+                       for i in range(0, len(rows), 1024)])
+        return g.mean(0, keepdim=True) if group else g
+
+    def s_test(self, rows: np.ndarray, group: bool, solver: SolverConfig, scale: float | None, seed: int,
+               repetition: int | None, chunk_size: int) -> Tensor:
+        """``s_test`` of test rows ``rows``: LiSSA repetition ``repetition`` alone (the driver averages
+        them in order), or the whole exact / CG solve."""
+        v = self.test_vectors(rows, group)
+        return self._inverse(v, solver, scale, seed, repetition, chunk_size).cpu()
+
+    def _inverse(self, v: Tensor, solver: SolverConfig, scale: float | None, seed: int, repetition: int | None,
+                 chunk_size: int) -> Tensor:
+        if isinstance(solver, LissaConfig):
+            return lissa_repetition(self.objective, self.train, v, solver, scale=scale, seed=seed,
+                                    repetition=repetition)
+        key = (repr(solver), seed, chunk_size)  # exact builds its Hessian once per replica
+        if key not in self._solvers:
+            self._solvers[key] = make_solver(self.objective, self.train, solver, seed=seed, chunk_size=chunk_size)
+        return self._solvers[key].solve(v)
+
+    def score(self, s_test: Tensor, work: list[ChunkWork], top: int) -> TopInfluence:
+        """Top influences over the chunks in ``work`` (every row, or only the candidate pairs)."""
+        s = s_test.to(self.device)
+        acc = TopInfluence(s.shape[0], top)
+        for w in work:
+            if w.rows is None:
+                acc.add(influence_from_grads(s, self._chunk_grads(w.start, w.stop)), self.train.ids[w.start:w.stop])
+                continue
+            cols, col_of = np.unique(w.cols, return_inverse=True)
+            mask = np.zeros((s.shape[0], len(cols)), dtype=bool)
+            mask[w.rows, col_of] = True
+            g = self.objective.train_grads(self.train.take(cols))
+            acc.add(influence_from_grads(s, g), self.train.ids[cols], mask)
+        return acc
+
+    def matrix(self, s_test: Tensor, work: list[ChunkWork]) -> list[np.ndarray]:
+        """Every influence value of the chunks in ``work``: one ``[m, c]`` block each."""
+        s = s_test.to(self.device)
+        return [influence_from_grads(s, self._chunk_grads(w.start, w.stop)) for w in work]
+
+    def self_influence(self, start: int, stop: int, solver: SolverConfig, scale: float | None, seed: int,
+                       repetition: int | None, chunk_size: int) -> np.ndarray:
+        """``grad L(z)^T h(z)`` for training rows ``[start, stop)``: ``h`` is LiSSA repetition ``repetition``
+        of ``H^-1 grad L(z)`` (the driver averages them in order), or the exact / CG solve."""
+        g = self.objective.train_grads(self.train.take(slice(start, stop)))
+        h = self._inverse(g, solver, scale, seed, repetition, chunk_size)
+        require_finite_vectors(h, "H^-1 grad L(z)")
+        return (g * h).sum(1).double().cpu().numpy()
+
+    # --- the gradient cache -----------------------------------------------------------------------
+
+    def _chunk_grads(self, start: int, stop: int) -> Tensor:
+        key = (start, stop)
+        if key in self._grads:
+            self._grads.move_to_end(key)
+            return self._grads[key]
+        g = self.objective.train_grads(self.train.take(slice(start, stop)))
+        size = g.numel() * g.element_size()
+        if size <= self._cache_bytes:  # reused by the next test batch; least recently used goes first
+            while self._cached_bytes + size > self._cache_bytes:
+                _, old = self._grads.popitem(last=False)
+                self._cached_bytes -= old.numel() * old.element_size()
+            self._grads[key] = g
+            self._cached_bytes += size
+        return g
+
+
+def check_ranges(n: int) -> list[tuple[int, int]]:
+    """Row ranges validation units cover."""
+    if n == 0:
+        raise RayifError("no rows to validate")
+    return [(s, min(s + _CHECK_ROWS, n)) for s in range(0, n, _CHECK_ROWS)]

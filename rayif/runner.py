@@ -1,0 +1,323 @@
+"""The influence job, written once: test batches -> s_test units -> scoring units -> ranked table.
+
+The runner owns batching, the order results are summed in, resume, progress and timings; an executor
+(``rayif.executors``) only runs its units, in this process or on Ray workers. Every unit is a function of
+its arguments and the seed, and the runner's sums run in a fixed order, so 1 or N workers give the same bits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .config import LissaConfig, RunConfig, SolverConfig, solver_to_dict
+from .data import Examples, ids_digest
+from .errors import RayifError
+from .executors import Call, Executor
+from .grads import require_finite_vectors
+from .kernels import TopInfluence, candidate_plan, candidate_positions, chunk_grid, shards
+from .replica import check_ranges
+from .results import GROUP_TEST_ID, SCHEMA, SELF_INFLUENCE_SCHEMA, ranked_table, with_metadata
+
+log = logging.getLogger("rayif")
+
+MANIFEST = "_rayif_job.json"
+MANIFEST_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to compute. ``candidates [m, k]`` training ids per test point (``[1, k]`` with ``group``), and
+    ``candidate_source`` what they came from (an index fingerprint and ``k``), recorded in the manifest."""
+
+    train: Examples
+    test: Examples | None
+    solver: SolverConfig
+    seed: int = 0
+    group: bool = False
+    top: int = 10
+    candidates: np.ndarray | None = None
+    candidate_source: dict | None = None
+    run: RunConfig = RunConfig()
+
+
+class Runner:
+    """Runs a :class:`Job` on an :class:`~rayif.executors.Executor`."""
+
+    def __init__(self, job: Job, executor: Executor):
+        self.job, self.ex, self.run = job, executor, job.run
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+        fingerprints = {i["model_fingerprint"] for i in executor.infos}
+        if len(fingerprints) > 1:
+            raise RayifError("the workers built models with different weights: Task.model_factory must return "
+                             "the same trained model every time it is called")
+        self.fingerprint = fingerprints.pop()
+        self._scale: float | None = None
+
+    # --- shared steps -----------------------------------------------------------------------------
+
+    def _lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
+
+    def validate(self) -> None:
+        """Every training and test row through the model once (sharded): bad data fails here, by id."""
+        calls = [Call("check", ("train", a, b)) for a, b in check_ranges(len(self.job.train))]
+        if self.job.test is not None:
+            calls += [Call("check", ("test", a, b)) for a, b in check_ranges(len(self.job.test))]
+        self.ex.map(calls)
+        self._lap("validate")
+
+    def scale(self) -> float | None:
+        """LiSSA's scale, estimated once per job on one worker (``None`` for exact / CG)."""
+        if isinstance(self.job.solver, LissaConfig) and self._scale is None:
+            (self._scale,) = self.ex.map([Call("scale", (self.job.solver, self.job.seed))])
+            self._lap("scale")
+        return self._scale
+
+    def _batches(self) -> list[np.ndarray]:
+        m = len(self.job.test)
+        if self.job.group:
+            return [np.arange(m)]
+        size = self.run.test_batch_size
+        return [np.arange(s, min(s + size, m)) for s in range(0, m, size)]
+
+    def _waves(self, todo: list[int]) -> list[list[int]]:
+        """Batches whose units are scheduled together, so no worker idles while a batch has few units."""
+        solver = self.job.solver
+        if isinstance(solver, LissaConfig):
+            per_batch = solver.repetitions
+        else:
+            per_batch = 1 if self.job.group else math.ceil(self.run.test_batch_size / self.run.solve_block)
+        size = self.run.batches_in_flight
+        if size is None:
+            info = self.ex.infos[0]
+            vector_bytes = info["num_params"] * torch.empty((), dtype=getattr(torch, info["dtype"])).element_size()
+            fit = int(self.run.inflight_mb * 2**20 // max(1, vector_bytes * self.run.test_batch_size))
+            size = max(1, min(math.ceil(self.ex.num_workers / per_batch), fit))
+        return [todo[i : i + size] for i in range(0, len(todo), size)]
+
+    def s_test(self, batches: list[np.ndarray]) -> list[torch.Tensor]:
+        """``s_test`` of each batch of test rows, all their units scheduled at once.
+
+        LiSSA: one unit per (batch, repetition), summed here in repetition order. Exact / CG: one unit per
+        (batch, block of ``solve_block`` test vectors).
+        """
+        job, scale = self.job, self.scale()
+        lissa = isinstance(job.solver, LissaConfig)
+        calls, owner = [], []
+        for b, rows in enumerate(batches):
+            if lissa:
+                parts = [(rows, t) for t in range(job.solver.repetitions)]
+            else:
+                block = len(rows) if job.group else self.run.solve_block
+                parts = [(rows[i : i + block], None) for i in range(0, len(rows), block)]
+            for r, t in parts:
+                calls.append(Call("s_test", (r, job.group, job.solver, scale, job.seed, t, self.run.chunk_size)))
+                owner.append(b)
+        results = self.ex.map(calls)
+        out = []
+        for b in range(len(batches)):
+            mine = [r for r, o in zip(results, owner, strict=True) if o == b]
+            if lissa:
+                s = torch.zeros_like(mine[0])
+                for part in mine:  # in repetition order, whatever worker ran it
+                    s += part
+                s = s / len(mine)
+            else:
+                s = torch.cat(mine)
+            require_finite_vectors(s, "s_test")
+            out.append(s)
+        self._lap("s_test")
+        return out
+
+    def _work(self, rows: np.ndarray):
+        """The scoring work of one batch: every chunk, or only the chunks holding its candidates."""
+        n, chunk = len(self.job.train), self.run.chunk_size
+        if self.job.candidates is None:
+            return chunk_grid(n, chunk)
+        if not hasattr(self, "_sorter"):
+            self._sorter = np.argsort(self.job.train.ids)
+        cand = self.job.candidates[rows if not self.job.group else slice(None)]
+        return candidate_plan(candidate_positions(cand, self.job.train.ids, self._sorter), n, chunk)
+
+    def score(self, batches: list[np.ndarray], s_tests: list[torch.Tensor]) -> list[TopInfluence]:
+        """Top influences of each batch: (batch, training shard) units, shard ``i`` on worker ``i``."""
+        w = self.ex.num_workers
+        calls, owner = [], []
+        for b, (rows, s) in enumerate(zip(batches, s_tests, strict=True)):
+            s_ref = self.ex.put(s)
+            for i, part in enumerate(shards(self._work(rows), w, self.run.chunk_size)):
+                if part:
+                    calls.append(Call("score", (s_ref, part, self.job.top), worker=i))
+                    owner.append(b)
+        accs = [TopInfluence(s.shape[0], self.job.top) for s in s_tests]
+        for part, b in zip(self.ex.map(calls), owner, strict=True):
+            accs[b].merge(part)
+        self._lap("score")
+        return accs
+
+    def metadata(self) -> dict[str, Any]:
+        job = self.job
+        return {"solver": solver_to_dict(job.solver), "seed": job.seed, "num_train": len(job.train),
+                "group": job.group, "candidates": job.candidate_source, "model_fingerprint": self.fingerprint,
+                "workers": [{k: i[k] for k in ("node_id", "device", "gpu_ids")} for i in self.ex.infos]}
+
+    def report(self) -> dict[str, Any]:
+        """Seconds by phase on the driver and busy seconds by unit kind on each worker."""
+        return {"seconds": {k: round(v, 4) for k, v in self.laps.items()},
+                "worker_busy": [{k: round(v, 4) for k, v in b.items()} for b in self.ex.busy.seconds],
+                "worker_failures": self.ex.failures}
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    def explain(self) -> pa.Table:
+        """The ranked table; with ``RunConfig.output_dir`` one parquet file per batch, resumable."""
+        job = self.job
+        batches = self._batches()
+        out = self._prepare_output()
+        todo = [i for i in range(len(batches)) if out is None or not _batch_path(out, i).exists()]
+        if len(todo) < len(batches):
+            log.info("resuming in %s: %d of %d test batches already done", out, len(batches) - len(todo),
+                     len(batches))
+        if todo:
+            self.validate()
+        meta = self.metadata()
+        tables: dict[int, pa.Table] = {}
+        step = _progress(len(batches), len(batches) - len(todo), self.run.progress)
+        for wave in self._waves(todo):
+            t0 = time.perf_counter()
+            rows = [batches[i] for i in wave]
+            accs = self.score(rows, self.s_test(rows))
+            for i, r, acc in zip(wave, rows, accs, strict=True):
+                test_ids = np.array([GROUP_TEST_ID]) if job.group else job.test.ids[r]
+                table = ranked_table(test_ids, acc.harmful_ids, acc.harmful, acc.helpful_ids, acc.helpful, meta)
+                if out is not None:
+                    tmp = _batch_path(out, i).with_suffix(".tmp")
+                    pq.write_table(table, tmp)
+                    tmp.rename(_batch_path(out, i))  # a batch file exists only once complete
+                tables[i] = table
+                step(f"batch {i}: {len(r)} test points ({time.perf_counter() - t0:.2f}s for the wave)")
+            self._lap("write")
+        report = self.report()
+        log.info("rayif job seconds by phase: %s; worker busy seconds: %s", report["seconds"], report["worker_busy"])
+        table = read_results(out) if out is not None else pa.concat_tables([tables[i] for i in range(len(batches))])
+        return with_metadata(table, {**meta, "job": report})
+
+    def s_test_all(self) -> torch.Tensor:
+        """``[m, p]`` s_test of every test point (``[1, p]`` with ``group``)."""
+        self.validate()
+        batches = self._batches()
+        out = []
+        for wave in self._waves(list(range(len(batches)))):
+            out += self.s_test([batches[i] for i in wave])
+        return torch.cat(out)
+
+    def matrix(self) -> np.ndarray:
+        """Every influence value ``[m, n]`` (``[1, n]`` with ``group``), columns in training order."""
+        self.validate()
+        batches, grid = self._batches(), chunk_grid(len(self.job.train), self.run.chunk_size)
+        parts = shards(grid, self.ex.num_workers, self.run.chunk_size)
+        rows_out = []
+        for wave in self._waves(list(range(len(batches)))):
+            for s in self.s_test([batches[i] for i in wave]):
+                s_ref = self.ex.put(s)
+                blocks: dict[int, np.ndarray] = {}
+                calls = [Call("matrix", (s_ref, p), worker=i) for i, p in enumerate(parts) if p]
+                for p, got in zip([p for p in parts if p], self.ex.map(calls), strict=True):
+                    blocks.update({w.start: b for w, b in zip(p, got, strict=True)})
+                rows_out.append(np.concatenate([blocks[w.start] for w in grid], axis=1))
+        self._lap("matrix")
+        return np.concatenate(rows_out)
+
+    def self_influence(self) -> pa.Table:
+        """``(train_id, self_influence)`` for every training example, largest first."""
+        self.validate()
+        job, scale = self.job, self.scale()
+        reps = list(range(job.solver.repetitions)) if isinstance(job.solver, LissaConfig) else [None]
+        grid = chunk_grid(len(job.train), self.run.chunk_size)
+        calls = [Call("self_influence", (w.start, w.stop, job.solver, scale, job.seed, t, self.run.chunk_size))
+                 for w in grid for t in reps]
+        results = iter(self.ex.map(calls))
+        values = []
+        for _ in grid:
+            total = next(results)
+            for _ in reps[1:]:  # in repetition order
+                total = total + next(results)
+            values.append(total / len(reps))
+        v = np.concatenate(values)
+        order = np.lexsort((job.train.ids, -v))
+        self._lap("self_influence")
+        table = pa.Table.from_arrays([pa.array(job.train.ids[order]), pa.array(v[order])], schema=SELF_INFLUENCE_SCHEMA)
+        return with_metadata(table, {**self.metadata(), "job": self.report()})
+
+    # --- job identity and resume ------------------------------------------------------------------
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same job: a rerun on the folder must agree on every field."""
+        job = self.job
+        return {"format": MANIFEST_FORMAT, "model_fingerprint": self.fingerprint, "solver": solver_to_dict(job.solver),
+                "seed": job.seed, "top": job.top, "group": job.group, "test_batch_size": self.run.test_batch_size,
+                "chunk_size": self.run.chunk_size, "num_train": len(job.train),
+                "train_ids_sha256": ids_digest(job.train.ids), "num_test": len(job.test),
+                "test_ids_sha256": ids_digest(job.test.ids), "candidates": job.candidate_source}
+
+    def _prepare_output(self) -> Path | None:
+        if self.run.output_dir is None:
+            return None
+        out = Path(self.run.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        manifest, job = out / MANIFEST, self.identity()
+        if manifest.exists():
+            before = json.loads(manifest.read_text())
+            diff = sorted(k for k in set(before) | set(job) if before.get(k) != job.get(k))
+            if diff:
+                detail = "; ".join(f"{k}: {str(before.get(k))[:40]} -> {str(job.get(k))[:40]}" for k in diff)
+                raise RayifError(f"{out} holds results of a different job (differs in {diff}: {detail}); use a new "
+                                 "output_dir, or delete that one to recompute")
+        else:
+            manifest.write_text(json.dumps(job, indent=1))
+        return out
+
+
+def read_results(output_dir: str | Path) -> pa.Table:
+    """All batch files of a job's output folder as one table, in test order."""
+    files = sorted(Path(output_dir).glob("batch-*.parquet"))
+    if not files:
+        return SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def _batch_path(out: Path, i: int) -> Path:
+    return out / f"batch-{i:06d}.parquet"
+
+
+def _progress(total: int, done: int, enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty() and not os.environ.get("CI")
+    if enabled:
+        from tqdm import tqdm  # comes with ray[data]
+
+        bar = tqdm(total=total, initial=done, unit="batch", desc="rayif")
+
+        def step(msg: str) -> None:
+            bar.update(1)
+            bar.set_postfix_str(msg)
+            if bar.n >= total:
+                bar.close()
+        return step
+    return lambda msg: log.info(msg)
