@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import rayif
-from rayif import LissaConfig, ScalingConfig
+from rayif import LissaConfig, RunConfig, ScalingConfig
 from rayif.digits import digits_task, load_digits_split
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     test = {"x": split.x_test[wrong], "y": split.y_test[wrong], "id": wrong}
     table = rayif.explain(task, (split.x_train, split.y_train), test, top=args.top, solver=LissaConfig(), seed=0,
                           scaling=ScalingConfig(num_workers=args.workers, use_gpu=args.gpu),
-                          output_dir=args.out, test_batch_size=8)
+                          run_config=RunConfig(output_dir=args.out, test_batch_size=8))
     for w in json.loads(table.schema.metadata[b"rayif.workers"]):
         print(f"worker on node {w['node_id'][:12]} ({w['device']})")
     first = table.filter(table["test_id"].to_numpy() == int(wrong[0])).to_pylist()

@@ -62,7 +62,7 @@ class Examples:
     def take(self, index: np.ndarray | slice) -> Examples:
         """The rows at ``index`` (positions, not ids)."""
         if isinstance(index, np.ndarray):
-            t = torch.as_tensor(index, dtype=torch.long)
+            t = torch.tensor(index, dtype=torch.long)  # a copy: index may be a read-only object-store array
             return Examples(map_batch(lambda v: v[t], self.batch), self.ids[index])
         return Examples(map_batch(lambda v: v[index], self.batch), self.ids[index])
 

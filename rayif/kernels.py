@@ -72,7 +72,8 @@ def _best(values: np.ndarray, ids: np.ndarray, top: int, *, largest: bool) -> tu
 
 @dataclass(frozen=True)
 class ChunkWork:
-    """Scoring work in one chunk ``[start, stop)`` of the training set's fixed chunk grid.
+    """Scoring work over training rows ``[start, stop)``: a chunk of the fixed chunk grid, or a window of
+    candidates.
 
     ``rows``/``cols`` (candidates only): the (test row, training position) pairs to score, positions
     absolute; ``None``: every test row against every row of the chunk.
@@ -101,26 +102,29 @@ def candidate_positions(candidate_ids: np.ndarray, train_ids: np.ndarray, sorter
 
 
 def candidate_plan(positions: np.ndarray, n: int, chunk_size: int) -> list[ChunkWork]:
-    """The chunks holding any candidate, each with its (test row, position) pairs: O(m k) memory, never
-    an ``[m, n]`` mask."""
+    """The (test row, training position) pairs of ``[m, k]`` candidate positions, in windows of at most
+    ``chunk_size`` distinct training rows: O(m k) memory, never an ``[m, n]`` mask.
+
+    A window is cut by the positions alone, never by the worker count, so every window is the same
+    computation on 1 or N workers; windows of distinct rows (not chunks of the grid) keep the gradient calls
+    full when candidates are spread thinly over a large training set.
+    """
     m, k = positions.shape
     rows = np.repeat(np.arange(m), k)
     cols = positions.reshape(-1)
     pairs = np.unique(cols * m + rows)  # sorted by position, duplicates gone
     cols, rows = pairs // m, pairs % m
-    chunk = cols // chunk_size
-    cuts = np.flatnonzero(np.diff(chunk)) + 1
-    out = []
-    for r, c in zip(np.split(rows, cuts), np.split(cols, cuts), strict=True):
-        start = int(c[0] // chunk_size) * chunk_size
-        out.append(ChunkWork(start, min(start + chunk_size, n), r, c))
-    return out
+    distinct = np.concatenate([[True], np.diff(cols) > 0]).cumsum() - 1  # index of each pair's row
+    window = distinct // chunk_size
+    cuts = np.flatnonzero(np.diff(window)) + 1
+    return [ChunkWork(int(c[0]), int(c[-1]) + 1, r, c)
+            for r, c in zip(np.split(rows, cuts), np.split(cols, cuts), strict=True)]
 
 
-def shards(work: list[ChunkWork], num: int, chunk_size: int) -> list[list[ChunkWork]]:
-    """``work`` dealt into ``num`` shards by chunk index: chunk ``c`` always lands in shard ``c % num`` (the
-    same worker, whose gradient cache then holds it for the next test batch)."""
+def shards(work: list[ChunkWork], num: int) -> list[list[ChunkWork]]:
+    """``work`` dealt into ``num`` shards: item ``i`` always lands in shard ``i % num`` (for the chunk grid, the
+    same worker every test batch, whose gradient cache then holds the chunk)."""
     out: list[list[ChunkWork]] = [[] for _ in range(num)]
-    for w in work:
-        out[(w.start // chunk_size) % num].append(w)
+    for i, w in enumerate(work):
+        out[i % num].append(w)
     return out

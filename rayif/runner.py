@@ -161,7 +161,7 @@ class Runner:
         calls, owner = [], []
         for b, (rows, s) in enumerate(zip(batches, s_tests, strict=True)):
             s_ref = self.ex.put(s)
-            for i, part in enumerate(shards(self._work(rows), w, self.run.chunk_size)):
+            for i, part in enumerate(shards(self._work(rows), w)):
                 if part:
                     calls.append(Call("score", (s_ref, part, self.job.top), worker=i))
                     owner.append(b)
@@ -231,7 +231,7 @@ class Runner:
         """Every influence value ``[m, n]`` (``[1, n]`` with ``group``), columns in training order."""
         self.validate()
         batches, grid = self._batches(), chunk_grid(len(self.job.train), self.run.chunk_size)
-        parts = shards(grid, self.ex.num_workers, self.run.chunk_size)
+        parts = shards(grid, self.ex.num_workers)
         rows_out = []
         for wave in self._waves(list(range(len(batches)))):
             for s in self.s_test([batches[i] for i in wave]):
