@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .config import LissaConfig, RunConfig, SolverConfig
+from .config import CGConfig, ExactConfig, LissaConfig, RunConfig, SolverConfig
 from .data import Examples, as_examples, ids_digest
 from .errors import RayifError
 from .executors import make_executor
@@ -24,6 +24,20 @@ from .task import Task
 def task_examples(task: Task, data: Any, name: str) -> Examples:
     """User data in the batch form ``task`` takes (``(inputs, targets)`` or dict / tuple batches)."""
     return as_examples(data, name=name, dict_batch=task.dict_batches)
+
+
+def _solver(solver: Any) -> SolverConfig:
+    if solver is None:
+        return LissaConfig()
+    if not isinstance(solver, (ExactConfig, CGConfig, LissaConfig)):
+        raise RayifError(f"solver must be ExactConfig(...), CGConfig(...) or LissaConfig(...), got {solver!r}")
+    return solver
+
+
+def _test_job(task: Task, train: Any, test: Any, solver: SolverConfig | None, seed: int, group: bool,
+              run_config: RunConfig | None) -> Job:
+    return Job(task_examples(task, train, "training data"), task_examples(task, test, "test data"),
+               _solver(solver), seed, group, run=run_config or RunConfig())
 
 
 def _run(task: Task, job: Job, scaling: ScalingConfig | None, address: str | None, what: str):
@@ -99,7 +113,7 @@ def explain(
             raise RayifError(f"candidates must give each test point k >= top={top} training ids, got "
                              f"k={candidates.shape[1]}")
         source = source or {"source": "ids", "sha256": ids_digest(candidates), "k": int(candidates.shape[1])}
-    job = Job(train_ex, test_ex, solver or LissaConfig(), seed, group, top, candidates, source, run)
+    job = Job(train_ex, test_ex, _solver(solver), seed, group, top, candidates, source, run)
     return _run(task, job, scaling, address, "explain")
 
 
@@ -116,9 +130,7 @@ def compute_s_test(
     address: str | None = None,
 ) -> torch.Tensor:
     """``s_test = (H + lambda I)^-1 grad L(z_test)`` for every test point: ``[m, p]`` (``[1, p]`` if ``group``)."""
-    job = Job(task_examples(task, train, "training data"), task_examples(task, test, "test data"),
-              solver or LissaConfig(), seed, group, run=run_config or RunConfig())
-    return _run(task, job, scaling, address, "s_test_all")
+    return _run(task, _test_job(task, train, test, solver, seed, group, run_config), scaling, address, "s_test_all")
 
 
 def influence_matrix(
@@ -137,9 +149,7 @@ def influence_matrix(
 
     Holds the whole matrix: for large training sets use :func:`explain`, which keeps only the top.
     """
-    job = Job(task_examples(task, train, "training data"), task_examples(task, test, "test data"),
-              solver or LissaConfig(), seed, group, run=run_config or RunConfig())
-    return _run(task, job, scaling, address, "matrix")
+    return _run(task, _test_job(task, train, test, solver, seed, group, run_config), scaling, address, "matrix")
 
 
 def self_influence(
@@ -156,7 +166,7 @@ def self_influence(
 
     Returns a table ``(train_id, self_influence)`` sorted by decreasing self influence.
     """
-    job = Job(task_examples(task, train, "training data"), None, solver or LissaConfig(), seed,
+    job = Job(task_examples(task, train, "training data"), None, _solver(solver), seed,
               run=run_config or RunConfig())
     return _run(task, job, scaling, address, "self_influence")
 

@@ -66,6 +66,7 @@ class Runner:
                              "the same trained model every time it is called")
         self.fingerprint = fingerprints.pop()
         self._scale: float | None = None
+        self._sorter = None if job.candidates is None else np.argsort(job.train.ids)  # ids -> positions
 
     # --- shared steps -----------------------------------------------------------------------------
 
@@ -150,8 +151,6 @@ class Runner:
         n, chunk = len(self.job.train), self.run.chunk_size
         if self.job.candidates is None:
             return chunk_grid(n, chunk)
-        if not hasattr(self, "_sorter"):
-            self._sorter = np.argsort(self.job.train.ids)
         cand = self.job.candidates[rows if not self.job.group else slice(None)]
         return candidate_plan(candidate_positions(cand, self.job.train.ids, self._sorter), n, chunk)
 

@@ -176,3 +176,26 @@ def test_cg_that_cannot_converge_says_so(small):
 def test_invalid_lissa_config(bad):
     with pytest.raises(ValueError, match="LissaConfig"):
         LissaConfig(**bad)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rayif.RunConfig(test_batch_size=0),
+    lambda: rayif.RunConfig(max_failures=-1),
+    lambda: rayif.ScalingConfig(num_workers=-1),
+    lambda: rayif.ScalingConfig(placement_strategy="RANDOM"),
+    lambda: rayif.IndexConfig(kind="hnsw"),
+    lambda: CGConfig(tol=2.0),
+])
+def test_config_mistakes_are_rayif_errors(make):
+    with pytest.raises(RayifError):
+        make()
+
+
+def test_a_solver_that_is_not_a_config(small):
+    task, train, test = small
+    with pytest.raises(RayifError, match="solver must be ExactConfig"):
+        rayif.explain(task, train, test, solver="lissa")
+    with pytest.raises(RayifError, match=r"candidates must give each test point k >= top=10"):
+        rayif.explain(task, train, test, candidates=np.zeros((2, 3), np.int64))
+    with pytest.raises(RayifError, match="candidates name ids that are not in the training data"):
+        rayif.explain(task, train, test, top=2, solver=ExactConfig(), candidates=np.full((2, 3), 999))

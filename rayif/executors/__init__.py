@@ -51,6 +51,10 @@ class Executor(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 def make_executor(task: Task, train: Examples, test: Examples | None, scaling: ScalingConfig | None,
                   run: RunConfig, address: str | None = None) -> Executor:

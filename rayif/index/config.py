@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import RayifError
+
 KINDS = ("flat", "ivf_flat", "ivf_pq")
 METRICS = ("l2", "ip")
 
@@ -48,16 +50,16 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"IndexConfig.kind must be one of {KINDS}, got {self.kind!r}")
+            raise RayifError(f"IndexConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if self.metric not in METRICS:
-            raise ValueError(f"IndexConfig.metric must be one of {METRICS}, got {self.metric!r}")
+            raise RayifError(f"IndexConfig.metric must be one of {METRICS}, got {self.metric!r}")
         for name in ("nlist", "nprobe", "max_actors"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"IndexConfig.{name} must be >= 1 or None, got {v}")
+                raise RayifError(f"IndexConfig.{name} must be >= 1 or None, got {v}")
         for name in ("train_size", "pq_m", "pq_bits", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise RayifError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
 
     def cells(self, n: int) -> int:
         """``nlist`` for ``n`` training rows."""
