@@ -22,15 +22,19 @@ from .task import Task, model_fingerprint
 
 @contextmanager
 def _differentiable_attention():
-    """Scaled dot-product attention on its math kernel: the fused CPU/GPU kernels have no double backward,
-    and an HVP through attention (``nn.TransformerEncoder``, ``nn.MultiheadAttention``) needs one."""
+    """Attention on its math kernels: the fused scaled-dot-product kernels have no double backward (an HVP
+    through ``nn.MultiheadAttention`` needs one), and the fused inference path of a frozen
+    ``nn.TransformerEncoderLayer`` has no batching rule (per-example gradients would loop over examples)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    mha = torch.backends.mha
+    fast = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
     try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # pragma: no cover - older torch
-        yield
-        return
-    with sdpa_kernel([SDPBackend.MATH]):
-        yield
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        mha.set_fastpath_enabled(fast)
 
 
 class _Call:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import ray
@@ -35,6 +37,9 @@ def correlations(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the session: 2 CPUs and 4 fake GPUs (this machine has none)."""
+    # Ray starts workers at nice 15: beside any busy process on a CI machine they get ~1% of a core and a
+    # test of seconds takes many minutes. The tests check behaviour, not priority: run them at the driver's.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if not ray.is_initialized():
         ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
     yield

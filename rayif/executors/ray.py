@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from ..config import RunConfig
-from ..data import Examples
+from ..data import Examples, map_batch
 from ..errors import RayifError
 from ..replica import Replica, pick_device
 from ..scaling import ScalingConfig, ensure_ray
@@ -23,6 +26,20 @@ from . import Busy, Call
 log = logging.getLogger("rayif")
 
 _UNAVAILABLE_WAIT_S, _UNAVAILABLE_LIMIT_S = 0.5, 600.0
+
+
+def _shared(data: Examples | None) -> Examples | None:
+    """The data as numpy arrays for the object store: Ray writes them into shared memory without a pickled
+    copy on the driver, and every worker on a node maps the same pages instead of unpickling its own copy."""
+    return None if data is None else Examples(map_batch(lambda t: t.numpy(), data.batch), data.ids)
+
+
+def _unshared(data: Examples | None) -> Examples | None:
+    if data is None:
+        return None
+    with warnings.catch_warnings():  # read-only shared memory; rayif never writes to its data
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return Examples(map_batch(torch.from_numpy, data.batch), data.ids)
 
 
 class _Worker:
@@ -37,7 +54,7 @@ class _Worker:
         if self.fallback:
             log.warning("rayif worker %s: %s", ctx.get_actor_id(), self.fallback)
         self.node_id = ctx.get_node_id()
-        self.replica = Replica(task, train, test, device, grad_cache_mb)
+        self.replica = Replica(task, _unshared(train), _unshared(test), device, grad_cache_mb)
         self.replica.warm_up()
 
     def info(self) -> dict:
@@ -69,7 +86,7 @@ class RayExecutor:
             remove_placement_group(self._pg)
             raise RayifError(_unplaceable(scaling, bundle, ray.cluster_resources(), ray.available_resources()))
         # the constructor's arguments must outlive the actors: a restarted worker reads them again
-        self._refs = (ray.put(task), ray.put(train), ray.put(test))
+        self._refs = (ray.put(task), ray.put(_shared(train)), ray.put(_shared(test)))
         remote = ray.remote(_Worker)
         extra = dict(bundle)
         num_gpus, num_cpus = extra.pop("GPU", 0.0), extra.pop("CPU", 0.0)
