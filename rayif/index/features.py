@@ -165,22 +165,25 @@ def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column:
 
 
 _BLOCK_BYTES = 16 * 2**20
+_TOKEN_CPU = 0.01
 
 
 def _pool_size(free: dict[str, float], config: IndexConfig) -> tuple[int, dict[str, float]]:
     """How many feature actors may run and what each reserves.
 
-    A pool whose actors hold every CPU starves Ray Data's own read tasks and the job hangs (it does on a
-    2-CPU machine), so CPU actors leave one CPU free, and GPU actors take only a fraction of one.
+    A pool whose actors hold every CPU starves Ray Data's own read tasks (1 CPU each) and the job hangs (it
+    does on a 2-CPU machine), so CPU actors leave one CPU free. On a small node, and for GPU actors, they
+    reserve only a token CPU: a fraction sized from the free CPUs went wrong when an earlier pipeline's
+    actors were still being released (1.5 free -> an actor of 0.75 -> reads wait for a whole CPU forever).
+    The cores are then shared by the operating system, not reserved.
     """
     cpus = float(free.get("CPU", 1.0))
     if config.use_gpu and free.get("GPU", 0) >= 1:
-        size, per_actor = int(free["GPU"]), {"num_gpus": 1, "num_cpus": min(1.0, cpus / 4)}
+        size, per_actor = int(free["GPU"]), {"num_gpus": 1, "num_cpus": _TOKEN_CPU}
     elif cpus >= 8:
         size, per_actor = int(cpus) - 1, {"num_cpus": 1}
-    else:  # a small node: one actor per CPU on fractions that still leave one CPU to the readers
-        size = max(1, int(cpus))
-        per_actor = {"num_cpus": max(0.01, (cpus - 1) / size) if cpus >= 2 else max(0.01, cpus / 2)}
+    else:  # a small node: one actor per CPU, on a token reservation that never starves the readers
+        size, per_actor = max(1, int(cpus)), {"num_cpus": _TOKEN_CPU}
     if config.use_gpu and "num_gpus" not in per_actor:
         log.warning("rayif features: IndexConfig.use_gpu but the cluster has no free GPU: features on CPU")
     if config.max_actors is not None:
