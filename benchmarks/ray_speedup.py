@@ -26,6 +26,7 @@ match rayif's; the run checks that, and that 1 and 2 workers give identical tabl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -71,7 +72,7 @@ def naive_point(model, weight_decay, x_train, y_train, x, y, cfg: LissaConfig, s
         for j in range(cfg.depth):
             g = torch.autograd.grad(objective(x_train[batches[j]], y_train[batches[j]]), params, create_graph=True)
             hv = flat(torch.autograd.grad(g, params, grad_outputs=unflat(h)))
-            h = (v + (1 - cfg.damping) * h - hv / cfg.scale).detach()
+            h = (v + (1 - cfg.damping / cfg.scale) * h - hv / cfg.scale).detach()
         total += h / cfg.scale
     s_test = total / cfg.repetitions
     out = np.empty(n)
@@ -102,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     task, _ = digits_task("mlp", split, dtype=torch.float32)
     train = as_examples((split.x_train, split.y_train))
     test = as_examples((split.x_test[: args.test_points], split.y_test[: args.test_points]))
-    base = LissaConfig(depth=args.depth, batch_size=args.batch_size, repetitions=args.repetitions, tail_average=0.0)
+    # FastIF's recipe: fixed depth, last iterate, no preconditioner
+    base = LissaConfig(depth=args.depth, batch_size=args.batch_size, repetitions=args.repetitions, tail_average=0.0,
+                       tol=None, preconditioner=None)
     scale = estimate_scale(Objective(task), train, base, seed=0)
-    cfg = LissaConfig(depth=args.depth, batch_size=args.batch_size, repetitions=args.repetitions,
-                      tail_average=0.0, scale=scale)
+    cfg = dataclasses.replace(base, scale=scale)
     print(f"digits MLP p=2410, n={len(train)} candidates, {len(test)} test points, "
           f"LiSSA J={cfg.depth} B={cfg.batch_size} T={cfg.repetitions} damping={cfg.damping} scale={scale:.3g}")
 

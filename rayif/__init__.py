@@ -4,7 +4,7 @@ Convention: ``influence = -grad L(z_test)^T H^-1 grad L(z)``; positive = harmful
 """
 
 from .api import compute_s_test, explain, influence_matrix, self_influence
-from .config import CGConfig, ExactConfig, LissaConfig, RunConfig, SolverConfig
+from .config import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig, SolverConfig
 from .data import Examples, as_examples
 from .errors import LissaDivergenceError, NonFiniteError, RayifError, SolverError
 from .index import FeatureIndex, IndexConfig, build_index
@@ -17,7 +17,9 @@ __version__ = "0.2.0"
 
 __all__ = [
     "SCHEMA",
+    "AutoConfig",
     "CGConfig",
+    "EKFACConfig",
     "Examples",
     "ExactConfig",
     "FeatureIndex",

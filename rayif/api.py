@@ -12,7 +12,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .config import CGConfig, ExactConfig, LissaConfig, RunConfig, SolverConfig
+from .config import (
+    AutoConfig,
+    CGConfig,
+    EKFACConfig,
+    ExactConfig,
+    LissaConfig,
+    RunConfig,
+    SolverConfig,
+    solver_from_dict,
+)
 from .data import Examples, as_examples, ids_digest
 from .errors import RayifError
 from .executors import make_executor
@@ -28,9 +37,12 @@ def task_examples(task: Task, data: Any, name: str) -> Examples:
 
 def _solver(solver: Any) -> SolverConfig:
     if solver is None:
-        return LissaConfig()
-    if not isinstance(solver, (ExactConfig, CGConfig, LissaConfig)):
-        raise RayifError(f"solver must be ExactConfig(...), CGConfig(...) or LissaConfig(...), got {solver!r}")
+        return AutoConfig()
+    if isinstance(solver, str):
+        return solver_from_dict({"method": solver})
+    if not isinstance(solver, (ExactConfig, CGConfig, LissaConfig, EKFACConfig, AutoConfig)):
+        raise RayifError("solver must be 'auto', 'exact', 'cg', 'lissa', 'ekfac' or one of their configs "
+                         f"(AutoConfig(...), ExactConfig(...), ...), got {solver!r}")
     return solver
 
 
@@ -52,7 +64,7 @@ def explain(
     test: Any,
     *,
     top: int = 10,
-    solver: SolverConfig | None = None,
+    solver: SolverConfig | str | None = None,
     seed: int = 0,
     group: bool = False,
     candidates: np.ndarray | None = None,
@@ -70,7 +82,9 @@ def explain(
             a ``ray.data.Dataset`` or ``Examples`` (dict / tuple batches for tasks with ``batch_loss``).
         test: test points, in the same forms.
         top: how many harmful and how many helpful examples per test point (at most the training size).
-        solver: how to compute s_test; default ``LissaConfig()``.
+        solver: how to compute s_test: a config or its name; default ``AutoConfig()`` (``"auto"``: exact when
+            the model is small enough, else EK-FAC-preconditioned CG or LiSSA; the choice is recorded in the
+            results' metadata). Every solver takes the same additive ``damping`` and ``curvature``.
         seed: fixes every LiSSA repetition.
         group: one s_test for the mean test loss over all test points (FastIF's group influence); the
             rows then carry ``test_id = -1``.
@@ -121,7 +135,7 @@ def compute_s_test(
     task: Task,
     train: Any,
     test: Any,
-    solver: SolverConfig | None = None,
+    solver: SolverConfig | str | None = None,
     *,
     seed: int = 0,
     group: bool = False,
@@ -137,7 +151,7 @@ def influence_matrix(
     task: Task,
     train: Any,
     test: Any,
-    solver: SolverConfig | None = None,
+    solver: SolverConfig | str | None = None,
     *,
     seed: int = 0,
     group: bool = False,
@@ -156,7 +170,7 @@ def self_influence(
     task: Task,
     train: Any,
     *,
-    solver: SolverConfig | None = None,
+    solver: SolverConfig | str | None = None,
     seed: int = 0,
     scaling: ScalingConfig | None = None,
     run_config: RunConfig | None = None,

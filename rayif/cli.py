@@ -50,15 +50,17 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"  most {kind}: {items}")
     out = write_parquet(table, Path(args.out) / "demo.parquet")
     where = f"{args.workers} Ray workers" if args.workers > 0 else "this process"
-    print(f"\ninfluence ({args.solver}, {where}) took {took:.1f}s; {table.num_rows} rows written to {out}")
+    choice = json.loads(table.schema.metadata[b"rayif.solver_choice"])
+    solver_said = choice["chosen"] + (f" chosen by {args.solver}" if args.solver == "auto" else "")
+    print(f"\ninfluence ({solver_said}, {where}) took {took:.1f}s; {table.num_rows} rows written to {out}")
     print("positive influence = harmful: removing that example would lower this test point's loss")
     return 0
 
 
 def _solver(name: str):
-    from .config import CGConfig, ExactConfig, LissaConfig
+    from .config import solver_from_dict
 
-    return {"lissa": LissaConfig(), "cg": CGConfig(damping=1e-3), "exact": ExactConfig(damping=1e-3)}[name]
+    return solver_from_dict({"method": name})
 
 
 def _recall(args: argparse.Namespace) -> int:
@@ -156,6 +158,11 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+SOLVERS = ["auto", "exact", "cg", "lissa", "ekfac"]
+SOLVER_HELP = ("auto (default): exact for small models, else EK-FAC-preconditioned CG or LiSSA; all at the same "
+               "damping (1e-3) and curvature (hessian)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayif", description="Influence functions, the FastIF way, on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -164,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--test-points", type=int, default=3, help="how many test points to explain")
     demo.add_argument("--top", type=int, default=5, help="harmful and helpful examples shown per test point")
     demo.add_argument("--train-size", type=int, default=1000, help="training examples (of 1797 digits)")
-    demo.add_argument("--solver", choices=["lissa", "cg", "exact"], default="lissa")
+    demo.add_argument("--solver", choices=SOLVERS, default="auto", help=SOLVER_HELP)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, default=2,
                       help="Ray worker actors, one model replica each (0: run in this process without Ray)")
@@ -182,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--target-column", default="y")
     ex.add_argument("--id-column", default="id", help="integer id column (default: row positions if absent)")
     ex.add_argument("--top", type=int, default=10)
-    ex.add_argument("--solver", choices=["lissa", "cg", "exact"], default="lissa")
+    ex.add_argument("--solver", choices=SOLVERS, default="auto", help=SOLVER_HELP)
     ex.add_argument("--solver-option", action="append", default=[], metavar="KEY=JSON",
-                    help="a solver config field, e.g. depth=2000 or damping=0.005 (repeatable)")
+                    help="a solver config field, e.g. damping=0.005, curvature=\"ggn\", tol=0.001 (repeatable)")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--group", action="store_true", help="one s_test for the mean test loss (group influence)")
     ex.add_argument("--k", type=int, default=None, help="kNN candidates per test point (builds or reuses an index)")
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     recall.add_argument("--top", type=int, default=10, help="the true top-m harmful to look for")
     recall.add_argument("--ks", default="10,25,50,100,200,300,500,750,1000", help="comma-separated k values")
     recall.add_argument("--kind", choices=["flat", "ivf_flat", "ivf_pq"], default="flat")
-    recall.add_argument("--solver", choices=["lissa", "cg", "exact"], default="exact")
+    recall.add_argument("--solver", choices=SOLVERS, default="exact")
     recall.add_argument("--seed", type=int, default=0)
     recall.add_argument("--out", default="rayif-out")
     recall.set_defaults(run=_recall)

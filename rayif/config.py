@@ -17,88 +17,137 @@ def _check(cond: bool, msg: str) -> None:
         raise RayifError(msg)
 
 
+DEFAULT_DAMPING = 1e-3
+"""The additive ``lambda`` every solver adds to the curvature by default, in the curvature's own units.
+
+Why 1e-3: rayif's curvature is that of the *mean* training loss, whose eigenvalues on trained networks
+run from about 1e2 down to 0 (directions the data never moves). An additive lambda bounds the condition
+number of ``H + lambda I``, keeps every solver finite on those null directions, and is where LiSSA's and
+CG's convergence comes from; 1e-3 is small next to the curvature that carries the ranking (weight decay of
+1e-2, or the 1e-2..1 eigenvalues of a trained classifier), so it moves influence little there.
+"""
+
+CURVATURES = ("hessian", "ggn")
+PRECONDITIONERS = (None, "ekfac", "kfac")
+
+
+def _check_common(cls: str, damping: float, curvature: str) -> None:
+    _check(damping >= 0, f"{cls}.damping must be >= 0, got {damping}")
+    _check(curvature in CURVATURES, f"{cls}.curvature must be one of {CURVATURES}, got {curvature!r}")
+
+
+def _check_preconditioner(cls: str, value: str | None) -> None:
+    _check(value in PRECONDITIONERS, f"{cls}.preconditioner must be one of {PRECONDITIONERS}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ExactConfig:
-    """Explicit Hessian over the whole training set and a dense solve of ``(H + damping*I) X = V``.
+    """The explicit curvature matrix over the whole training set and a dense solve of ``(C + damping*I) X = V``.
 
     Ground truth for small models: memory is ``num_params**2`` floats, so models above ``max_params``
     selected parameters are refused.
 
     Attributes:
-        damping: additive lambda >= 0 (same units as the loss Hessian).
-        max_params: largest number of selected parameters accepted (10,000 = 800 MB of float64 Hessian).
+        damping: additive lambda >= 0, in the curvature's units (the same question for every solver).
+        curvature: ``"hessian"`` (the training loss's Hessian, Koh & Liang) or ``"ggn"`` (Gauss-Newton
+            ``J^T H_out J``: positive semi-definite, what K-FAC approximates).
+        max_params: largest number of selected parameters accepted (10,000 = 800 MB of float64 matrix).
     """
 
-    damping: float = 0.0
+    damping: float = DEFAULT_DAMPING
+    curvature: str = "hessian"
     max_params: int = 10_000
 
     def __post_init__(self) -> None:
-        _check(self.damping >= 0, f"ExactConfig.damping must be >= 0, got {self.damping}")
+        _check_common("ExactConfig", self.damping, self.curvature)
         _check(self.max_params >= 1, f"ExactConfig.max_params must be >= 1, got {self.max_params}")
 
 
 @dataclass(frozen=True)
 class CGConfig:
-    """Conjugate gradients on ``(H + damping*I) X = V`` with full-training-set Hessian-vector products.
+    """(Preconditioned) conjugate gradients on ``(C + damping*I) X = V`` with full-training-set products.
 
     Attributes:
-        damping: additive lambda >= 0; needed when the Hessian is not positive definite.
+        damping: additive lambda >= 0, as :class:`ExactConfig`.
+        curvature: ``"hessian"`` or ``"ggn"``, as :class:`ExactConfig`.
+        preconditioner: ``"ekfac"`` (eigenvalue-corrected Kronecker factors of the GGN, fitted over the
+            training data), ``"kfac"`` or ``None`` (plain CG).
         tol: stop a column when ``||residual|| <= tol * ||v||`` (relative, unitless).
         max_iter: iterations before giving up with an error (each is one pass over the training set).
     """
 
-    damping: float = 0.0
-    tol: float = 1e-6
-    max_iter: int = 1000
+    damping: float = DEFAULT_DAMPING
+    curvature: str = "hessian"
+    preconditioner: str | None = "ekfac"
+    tol: float = 1e-4
+    max_iter: int = 500
 
     def __post_init__(self) -> None:
-        _check(self.damping >= 0, f"CGConfig.damping must be >= 0, got {self.damping}")
+        _check_common("CGConfig", self.damping, self.curvature)
+        _check_preconditioner("CGConfig", self.preconditioner)
         _check(0 < self.tol < 1, f"CGConfig.tol must be in (0, 1), got {self.tol}")
         _check(self.max_iter >= 1, f"CGConfig.max_iter must be >= 1, got {self.max_iter}")
 
 
 @dataclass(frozen=True)
 class LissaConfig:
-    """LiSSA as FastIF runs it: ``h <- v + (1 - damping) h - H_B h / scale``, returning ``h / scale``.
+    """LiSSA: a stochastic (preconditioned) fixed-point recursion for ``x = (C + damping*I)^-1 v``.
 
-    ``H_B`` is the Hessian of the mean training loss on ``batch_size`` examples drawn with replacement.
-    The fixed point is ``h/scale = (H + damping*scale*I)^-1 v``: this unitless ``damping`` is an additive
-    lambda of ``damping * scale`` in the units of :class:`ExactConfig`/:class:`CGConfig`.
+    Each step draws ``batch_size`` training examples with replacement and updates
+    ``x <- x + P (v - (C_B + damping*I) x) / scale``, where ``C_B`` is the batch curvature and ``P`` the
+    preconditioner (the identity without one). Without ``P`` this is FastIF's recursion
+    ``h <- v + (1 - damping/scale) h - C_B h / scale`` with ``x = h / scale``: ``damping`` here is the same
+    additive lambda as in :class:`ExactConfig`; its unitless factor is ``damping / scale``.
 
-    The recursion converges when every eigenvalue of ``H_B`` lies in ``(-damping*scale, (2-damping)*scale)``;
-    its error shrinks by about ``(1 - damping)`` per step, so ``depth`` should exceed ``~5 / damping``.
+    Stopping: the iterates are averaged in stages of doubling length (``8 * check_every`` steps first; each
+    stage forgets the previous one, which is burn-in). A stage ends the repetition when the standard error
+    of the influence its average gives 256 sampled training examples, estimated from 8 equal blocks, is
+    below ``tol`` times that influence (root mean square, pooled over the unit's test points), so a
+    recursion still drifting (or too noisy) keeps going. ``depth`` caps the
+    steps; hitting it is logged and recorded in the results' metadata. ``tol=None`` runs exactly ``depth``
+    steps and averages the last ``tail_average`` fraction (FastIF's plain last iterate with
+    ``tail_average=0``).
+
+    The recursion converges when every eigenvalue of ``P (C_B + damping I)`` lies in ``(0, 2 * scale)``;
+    with the Hessian, negative curvature beyond ``damping`` diverges: use ``curvature="ggn"``.
 
     Attributes:
-        depth: recursion steps per repetition (the paper's J).
-        batch_size: training examples per Hessian-vector product (the paper's B).
+        depth: most recursion steps per repetition (the paper's J, now a cap).
+        batch_size: training examples per curvature-vector product (the paper's B).
         repetitions: independent runs averaged at the end (the paper's T); each has its own seed.
-        damping: unitless, in [0, 1).
-        scale: divides the Hessian; must exceed its largest eigenvalue. ``None``: estimate it by power
-            iteration (see ``scale_safety``).
+        damping: additive lambda >= 0, as :class:`ExactConfig`.
+        curvature: ``"hessian"`` or ``"ggn"``, as :class:`ExactConfig`.
+        preconditioner: ``"ekfac"``, ``"kfac"`` or ``None``, as :class:`CGConfig`.
+        tol: relative standard error of the influence at which a repetition stops; ``None``: run ``depth``
+            steps.
+        scale: divides the step; must exceed the largest eigenvalue of ``P C_B``. ``None``: estimate it by
+            power iteration (see ``scale_safety``).
         scale_safety: the estimated largest eigenvalue over sampled batches is multiplied by this.
         scale_batches: how many random batches of ``batch_size`` the power iteration looks at.
-        tail_average: fraction of the last steps whose iterates are averaged into the result (0: FastIF's
-            plain ``h_J / scale``). The recursion is linear with independent batches, so every iterate past
-            burn-in has the fixed point as its mean: averaging them removes most of the batch noise at no
-            extra HVPs (on digits it lifted Spearman vs exact from ~0.95 to ~0.99).
-        check_every: steps between divergence checks.
+        tail_average: with ``tol=None``, the fraction of the last steps whose iterates are averaged.
+        check_every: steps per averaging block and between divergence checks.
     """
 
-    depth: int = 1000
-    batch_size: int = 32
-    repetitions: int = 4
-    damping: float = 0.01
+    depth: int = 5000
+    batch_size: int = 64
+    repetitions: int = 2
+    damping: float = DEFAULT_DAMPING
+    curvature: str = "hessian"
+    preconditioner: str | None = "ekfac"
+    tol: float | None = 0.05
     scale: float | None = None
     scale_safety: float = 1.5
     scale_batches: int = 16
     tail_average: float = 0.5
-    check_every: int = 25
+    check_every: int = 10
 
     def __post_init__(self) -> None:
         _check(self.depth >= 1, f"LissaConfig.depth must be >= 1, got {self.depth}")
         _check(self.batch_size >= 1, f"LissaConfig.batch_size must be >= 1, got {self.batch_size}")
         _check(self.repetitions >= 1, f"LissaConfig.repetitions must be >= 1, got {self.repetitions}")
-        _check(0 <= self.damping < 1, f"LissaConfig.damping must be in [0, 1), got {self.damping}")
+        _check_common("LissaConfig", self.damping, self.curvature)
+        _check_preconditioner("LissaConfig", self.preconditioner)
+        _check(self.tol is None or 0 < self.tol < 1, f"LissaConfig.tol must be in (0, 1) or None, got {self.tol}")
         _check(self.scale is None or self.scale > 0, f"LissaConfig.scale must be > 0, got {self.scale}")
         _check(self.scale_safety >= 1, f"LissaConfig.scale_safety must be >= 1, got {self.scale_safety}")
         _check(self.scale_batches >= 1, f"LissaConfig.scale_batches must be >= 1, got {self.scale_batches}")
@@ -106,13 +155,90 @@ class LissaConfig:
         _check(self.check_every >= 1, f"LissaConfig.check_every must be >= 1, got {self.check_every}")
 
 
-SolverConfig = Union[ExactConfig, CGConfig, LissaConfig]  # noqa: UP007 (a runtime alias)
+@dataclass(frozen=True)
+class EKFACConfig:
+    """Kronecker-factored curvature on its own: ``s_test = P v`` with ``P`` the (E)K-FAC inverse.
 
-_BY_NAME = {"exact": ExactConfig, "cg": CGConfig, "lissa": LissaConfig}
+    Each ``nn.Linear`` whose weight is selected gets a block ``S (x) A`` (output-gradient and input
+    covariances of the GGN, fitted over the training data); with ``eigen_correction`` its eigenvalues are
+    refitted per example (EK-FAC, George et al. 2018), else K-FAC. Other selected parameters get the GGN's
+    diagonal. The task's weight decay and ``damping`` are added to every block. One pass (K-FAC) or two
+    (EK-FAC) over the training data, then no further passes: the fastest solver, and the least exact.
+
+    Attributes:
+        damping: additive lambda >= 0, as :class:`ExactConfig`.
+        eigen_correction: EK-FAC (True) or K-FAC (False).
+    """
+
+    damping: float = DEFAULT_DAMPING
+    eigen_correction: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.damping >= 0, f"EKFACConfig.damping must be >= 0, got {self.damping}")
+
+    @property
+    def curvature(self) -> str:
+        return "ggn"
+
+    @property
+    def preconditioner(self) -> str:
+        return "ekfac" if self.eigen_correction else "kfac"
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    """Let rayif choose (the default): the most exact solver the problem affords, at the same question.
+
+    * ``exact`` when the selected parameters fit (``p <= max_params``) and the explicit curvature costs at
+      most ``exact_budget`` example-vector products (``n * p``);
+    * else EK-FAC-preconditioned CG with full-data products while the training set has at most
+      ``cg_max_rows`` examples;
+    * else EK-FAC-preconditioned LiSSA.
+
+    The choice and the reason are logged and recorded in the results' metadata (``rayif.solver_choice``).
+
+    Attributes:
+        damping: additive lambda >= 0, passed to whichever solver is chosen.
+        curvature: ``"hessian"`` or ``"ggn"``, passed on likewise.
+        max_params: as :class:`ExactConfig`.
+        exact_budget: largest ``n * p`` for which the explicit curvature is built.
+        cg_max_rows: largest training set for full-data CG.
+    """
+
+    damping: float = DEFAULT_DAMPING
+    curvature: str = "hessian"
+    max_params: int = 10_000
+    exact_budget: float = 2e7
+    cg_max_rows: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        _check_common("AutoConfig", self.damping, self.curvature)
+        _check(self.max_params >= 1, f"AutoConfig.max_params must be >= 1, got {self.max_params}")
+        _check(self.exact_budget >= 0, f"AutoConfig.exact_budget must be >= 0, got {self.exact_budget}")
+        _check(self.cg_max_rows >= 0, f"AutoConfig.cg_max_rows must be >= 0, got {self.cg_max_rows}")
+
+    def choose(self, num_train: int, num_params: int) -> tuple[SolverConfig, str]:
+        """The solver for ``num_train`` examples and ``num_params`` selected parameters, and why."""
+        n, p = num_train, num_params
+        if p <= self.max_params and n * p <= self.exact_budget:
+            return (ExactConfig(self.damping, self.curvature, self.max_params),
+                    f"p={p} <= max_params={self.max_params} and n*p={n * p:.3g} <= "
+                    f"exact_budget={self.exact_budget:.3g}")
+        why = (f"p={p} > max_params={self.max_params}" if p > self.max_params
+               else f"n*p={n * p:.3g} > exact_budget={self.exact_budget:.3g}")
+        if n <= self.cg_max_rows:
+            return CGConfig(self.damping, self.curvature), f"{why}; n={n} <= cg_max_rows={self.cg_max_rows}"
+        return (LissaConfig(damping=self.damping, curvature=self.curvature),
+                f"{why}; n={n} > cg_max_rows={self.cg_max_rows}")
+
+
+SolverConfig = Union[ExactConfig, CGConfig, LissaConfig, EKFACConfig, AutoConfig]  # noqa: UP007 (a runtime alias)
+
+_BY_NAME = {"exact": ExactConfig, "cg": CGConfig, "lissa": LissaConfig, "ekfac": EKFACConfig, "auto": AutoConfig}
 
 
 def solver_name(config: SolverConfig) -> str:
-    """The short name ('exact', 'cg', 'lissa') of a solver config."""
+    """The short name ('exact', 'cg', 'lissa', 'ekfac', 'auto') of a solver config."""
     for name, cls in _BY_NAME.items():
         if isinstance(config, cls):
             return name
@@ -122,7 +248,7 @@ def solver_name(config: SolverConfig) -> str:
 def solver_from_dict(d: dict[str, Any]) -> SolverConfig:
     """Build a solver config from ``{"method": "lissa", "depth": 500, ...}`` (CLI / JSON form)."""
     d = dict(d)
-    method = d.pop("method", "lissa")
+    method = d.pop("method", "auto")
     if method not in _BY_NAME:
         raise RayifError(f"unknown solver method {method!r}; choose one of {sorted(_BY_NAME)}")
     cls = _BY_NAME[method]
@@ -162,6 +288,10 @@ class RunConfig:
             replacement, so the result is unchanged). Past it the job stops and says how to resume.
         progress: a progress bar over test batches. ``None``: on when stderr is a terminal and ``CI`` is
             unset; log lines otherwise.
+        factors_path: where the Kronecker factors of an EK-FAC / K-FAC preconditioner are kept (a ``.pt``
+            file): loaded when they were fitted for this model, training data and kind, fitted and saved
+            there otherwise; factors of another model are refused. ``None``: ``output_dir``'s
+            ``_rayif_factors.pt`` when there is an output folder, else fitted for this job only.
     """
 
     output_dir: str | None = None
@@ -173,10 +303,12 @@ class RunConfig:
     grad_cache_mb: float = 512.0
     max_failures: int = 3
     progress: bool | None = None
+    factors_path: str | None = None
 
     def __post_init__(self) -> None:
-        if self.output_dir is not None:
-            object.__setattr__(self, "output_dir", str(self.output_dir))
+        for name in ("output_dir", "factors_path"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
         for name in ("test_batch_size", "chunk_size", "solve_block"):
             _check(getattr(self, name) >= 1, f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
         _check(self.batches_in_flight is None or self.batches_in_flight >= 1,

@@ -101,10 +101,13 @@ def _factory(kind: str, hidden: int, state: dict[str, torch.Tensor]) -> Callable
 
 
 def digits_task(kind: str = "mlp", split: DigitsSplit | None = None, *, weight_decay: float = 1e-3,
-                hidden: int = 32, seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[Task, DigitsSplit]:
-    """Train a digits model and wrap it in a :class:`~rayif.Task`; returns the task and its data."""
+                hidden: int = 32, seed: int = 0, dtype: torch.dtype = torch.float64, max_iter: int = 500
+                ) -> tuple[Task, DigitsSplit]:
+    """Train a digits model (``max_iter`` L-BFGS steps) and wrap it in a :class:`~rayif.Task`; returns the task
+    and its data."""
     split = split or load_digits_split(seed=seed, dtype=np.float64 if dtype == torch.float64 else np.float32)
-    model = train(make_model(kind, hidden, seed, dtype), split.x_train, split.y_train, weight_decay)
+    model = train(make_model(kind, hidden, seed, dtype), split.x_train, split.y_train, weight_decay,
+                  max_iter=max_iter)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return Task(model_factory=_factory(kind, hidden, state), loss=cross_entropy, weight_decay=weight_decay), split
 

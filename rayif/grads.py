@@ -47,6 +47,29 @@ class _Call:
         return functional_call(self.module, self.params, args, kwargs)
 
 
+class _Recording(_Call):
+    """The replica as :class:`_Call`, remembering what each call returned (the model's outputs)."""
+
+    def __init__(self, module: torch.nn.Module, params: dict[str, Tensor]):
+        super().__init__(module, params)
+        self.outputs: list[Any] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().__call__(*args, **kwargs)
+        self.outputs.append(out)
+        return out
+
+
+class _Given:
+    """A stand-in model that returns given outputs: ``batch_loss`` on it is the loss as a function of them."""
+
+    def __init__(self, outputs: Tensor):
+        self.outputs = outputs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self.outputs
+
+
 class Objective:
     """A replica of the task's model in functional form around its trained parameters ``theta``.
 
@@ -98,6 +121,28 @@ class Objective:
     def test_losses(self, theta: Tensor, batch: Any) -> Tensor:
         """``[b]`` per-example test losses (the measurement; no regulariser)."""
         return self._per_example(self.task.test_losses, theta, batch)
+
+    # --- the model / loss split the Gauss-Newton curvature needs ------------------------------------
+
+    def outputs(self, theta: Tensor, batch: Any) -> Tensor:
+        """The model's outputs on ``batch`` (``[b, ...]``): what the loss is a function of."""
+        with _differentiable_attention():
+            if not self.task.dict_batches:
+                return self._call(theta)(batch[0])
+            rec = _Recording(self.model, {**self._fixed, **self.params(theta)})
+            self.task.batch_loss(rec, batch)
+        if len(rec.outputs) != 1 or not isinstance(rec.outputs[0], Tensor):
+            raise RayifError(
+                f"curvature='ggn' splits the loss into model outputs and a loss of those outputs: Task.batch_loss "
+                f"must call the model exactly once and get a tensor back (it made {len(rec.outputs)} call(s) "
+                f"returning {[type(o).__name__ for o in rec.outputs]}); use curvature='hessian'")
+        return rec.outputs[0]
+
+    def output_losses(self, outputs: Tensor, batch: Any) -> Tensor:
+        """``[b]`` per-example training losses as a function of the model's ``outputs`` (no regulariser)."""
+        if not self.task.dict_batches:
+            return self.task.loss(outputs, batch[1])
+        return self.task.batch_loss(_Given(outputs), batch)
 
     def _per_example(self, fn, theta: Tensor, batch: Any) -> Tensor:
         b = batch_leaves(batch)[0][1].shape[0]
@@ -161,6 +206,50 @@ class Objective:
         _require_finite(g, examples.ids, f"{what} loss gradient")
         return g
 
+    def product(self, vectors: Tensor, batch: Any, curvature: str = "hessian") -> Tensor:
+        """``[m, p]``: the curvature (``"hessian"`` or ``"ggn"``) of the mean training loss on ``batch``
+        times each row of ``vectors``."""
+        return self.gvp(vectors, batch) if curvature == "ggn" else self.hvp(vectors, batch)
+
+    def gvp(self, vectors: Tensor, batch: Any) -> Tensor:
+        """``[m, p]``: the Gauss-Newton matrix ``mean_i J_i^T H_i J_i`` on ``batch`` (``J_i`` the Jacobian of
+        example i's outputs, ``H_i`` the Hessian of its loss in them) plus the regulariser's Hessian, times
+        each row of ``vectors``. Positive semi-definite whenever the loss is convex in the outputs.
+
+        Forward mode for ``J v``, the loss's Hessian in the outputs, reverse mode for ``J^T u``; each batched
+        over the ``m`` vectors.
+        """
+        from torch.func import jvp, vjp
+
+        theta = self.theta.detach()
+        with torch.enable_grad(), _differentiable_attention():
+            def out_fn(th: Tensor) -> Tensor:
+                return self.outputs(th, batch)
+
+            def loss_grad(o: Tensor) -> Tensor:
+                return grad(lambda oo: self.output_losses(oo, batch).sum())(o)
+
+            out, pull = vjp(out_fn, theta)
+            b = out.shape[0]
+            try:
+                jv = vmap(lambda v: jvp(out_fn, (theta,), (v,))[1])(vectors)
+                hjv = vmap(lambda u: jvp(loss_grad, (out.detach(),), (u,))[1])(jv)
+            except NotImplementedError as e:  # a custom autograd.Function without a forward-mode rule
+                raise RayifError(f"curvature='ggn' runs forward-mode AD through the model and loss, which failed: "
+                                 f"{e} Use curvature='hessian', or give the Function a jvp") from e
+            (g,) = vmap(pull)(hjv / b)
+            g = g + self._penalty_product(theta, vectors)
+        return g.detach()
+
+    def _penalty_product(self, theta: Tensor, vectors: Tensor) -> Tensor:
+        out = self.task.weight_decay * vectors
+        if self.task.regularizer is not None:
+            from torch.func import jvp
+
+            reg = grad(lambda th: self.task.regularizer(self.params(th)))
+            out = out + vmap(lambda v: jvp(reg, (theta,), (v,))[1])(vectors)
+        return out
+
     def hvp(self, vectors: Tensor, batch: Any) -> Tensor:
         """``[m, p]``: the Hessian of the mean training loss on ``batch``, times each row of ``vectors``.
 
@@ -177,13 +266,13 @@ class Objective:
                                             allow_unused=True)
         return torch.zeros_like(vectors) if hv is None else hv.detach()
 
-    def full_hvp(self, vectors: Tensor, train: Examples, chunk_size: int) -> Tensor:
-        """``[m, p]``: Hessian of the mean training loss over all of ``train``, times each row."""
+    def full_hvp(self, vectors: Tensor, train: Examples, chunk_size: int, curvature: str = "hessian") -> Tensor:
+        """``[m, p]``: curvature of the mean training loss over all of ``train``, times each row."""
         out = torch.zeros_like(vectors)
         n = len(train)
         for chunk in train.chunks(chunk_size):
             c = chunk.to(self.device)
-            hv = self.hvp(vectors, c.batch)
+            hv = self.product(vectors, c.batch, curvature)
             if not bool(torch.isfinite(hv).all()):
                 self.train_grads(chunk)  # names the examples when their gradients are the cause
                 _require_finite(hv, None, f"Hessian-vector product on training ids {chunk.ids[0]}..{chunk.ids[-1]}")

@@ -7,6 +7,7 @@ bits.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import OrderedDict
@@ -19,7 +20,7 @@ from .config import LissaConfig, SolverConfig
 from .data import Examples
 from .errors import RayifError
 from .grads import Objective, require_finite_vectors
-from .ihvp import estimate_scale, lissa_repetition, make_solver
+from .ihvp import KroneckerFactors, SolveStats, estimate_scale, kfac, lissa_repetition, make_solver
 from .kernels import ChunkWork, TopInfluence, influence_from_grads
 from .task import Task
 
@@ -62,7 +63,8 @@ class Replica:
     def info(self) -> dict:
         o = self.objective
         return {"pid": os.getpid(), "device": self.device, "num_params": o.num_params,
-                "dtype": str(o.dtype).replace("torch.", ""), "model_fingerprint": o.fingerprint()}
+                "dtype": str(o.dtype).replace("torch.", ""), "model_fingerprint": o.fingerprint(),
+                "params_sha256": hashlib.sha256("\n".join(o.names).encode()).hexdigest()}
 
     # --- units ------------------------------------------------------------------------------------
 
@@ -71,9 +73,22 @@ class Replica:
         data, name = (self.train, "training data") if which == "train" else (self.test, "test data")
         self.objective.check(data.take(slice(start, stop)), name, head=start == 0)
 
-    def scale(self, config: LissaConfig, seed: int) -> float:
+    def scale(self, config: LissaConfig, seed: int, factors: KroneckerFactors | None = None) -> float:
         """LiSSA's ``scale`` (given, or estimated by power iteration): one per job."""
-        return config.scale or estimate_scale(self.objective, self.train, config, seed)
+        return config.scale or estimate_scale(self.objective, self.train, config, seed,
+                                              _precondition(factors, config))
+
+    def factor_shape(self) -> tuple:
+        """The Kronecker layout of the selected parameters (blocks, diagonal indices, weight decay)."""
+        return kfac.shape_of(self.objective)
+
+    def factor_sums(self, start: int, stop: int) -> dict:
+        """First K-FAC pass over training rows ``[start, stop)``: covariance sums."""
+        return kfac.covariance_sums(self.objective, self.train.take(slice(start, stop)))
+
+    def eigen_sums(self, start: int, stop: int, qa: list[Tensor], qs: list[Tensor]) -> list[Tensor]:
+        """Second (EK-FAC) pass over training rows ``[start, stop)``: eigenvalue sums in the factors' bases."""
+        return kfac.eigen_sums(self.objective, self.train.take(slice(start, stop)), qa, qs)
 
     def test_vectors(self, rows: np.ndarray, group: bool) -> Tensor:
         """``[m, p]`` test-loss gradients of test rows ``rows`` (``[1, p]``: their mean, when ``group``)."""
@@ -82,21 +97,25 @@ class Replica:
         return g.mean(0, keepdim=True) if group else g
 
     def s_test(self, rows: np.ndarray, group: bool, solver: SolverConfig, scale: float | None, seed: int,
-               repetition: int | None, chunk_size: int) -> Tensor:
+               repetition: int | None, chunk_size: int, factors: KroneckerFactors | None = None
+               ) -> tuple[Tensor, SolveStats]:
         """``s_test`` of test rows ``rows``: LiSSA repetition ``repetition`` alone (the driver averages
-        them in order), or the whole exact / CG solve."""
+        them in order), or the whole solve of the other solvers; and what it cost."""
         v = self.test_vectors(rows, group)
-        return self._inverse(v, solver, scale, seed, repetition, chunk_size).cpu()
+        x, stats = self._inverse(v, solver, scale, seed, repetition, chunk_size, factors)
+        return x.cpu(), stats
 
     def _inverse(self, v: Tensor, solver: SolverConfig, scale: float | None, seed: int, repetition: int | None,
-                 chunk_size: int) -> Tensor:
+                 chunk_size: int, factors: KroneckerFactors | None) -> tuple[Tensor, SolveStats]:
         if isinstance(solver, LissaConfig):
             return lissa_repetition(self.objective, self.train, v, solver, scale=scale, seed=seed,
-                                    repetition=repetition)
-        key = (repr(solver), seed, chunk_size)  # exact builds its Hessian once per replica
+                                    repetition=repetition, precondition=_precondition(factors, solver))
+        key = (repr(solver), seed, chunk_size)  # exact builds its matrix once per replica
         if key not in self._solvers:
-            self._solvers[key] = make_solver(self.objective, self.train, solver, seed=seed, chunk_size=chunk_size)
-        return self._solvers[key].solve(v)
+            self._solvers[key] = make_solver(self.objective, self.train, solver, seed=seed, chunk_size=chunk_size,
+                                             factors=factors)
+        s = self._solvers[key]
+        return s.solve(v), s.stats
 
     def score(self, s_test: Tensor, work: list[ChunkWork], top: int) -> TopInfluence:
         """Top influences over the chunks in ``work`` (every row, or only the candidate pairs)."""
@@ -119,13 +138,14 @@ class Replica:
         return [influence_from_grads(s, self._chunk_grads(w.start, w.stop)) for w in work]
 
     def self_influence(self, start: int, stop: int, solver: SolverConfig, scale: float | None, seed: int,
-                       repetition: int | None, chunk_size: int) -> np.ndarray:
+                       repetition: int | None, chunk_size: int, factors: KroneckerFactors | None = None
+                       ) -> tuple[np.ndarray, SolveStats]:
         """``grad L(z)^T h(z)`` for training rows ``[start, stop)``: ``h`` is LiSSA repetition ``repetition``
-        of ``H^-1 grad L(z)`` (the driver averages them in order), or the exact / CG solve."""
+        of ``H^-1 grad L(z)`` (the driver averages them in order), or the other solvers' solve."""
         g = self.objective.train_grads(self.train.take(slice(start, stop)))
-        h = self._inverse(g, solver, scale, seed, repetition, chunk_size)
+        h, stats = self._inverse(g, solver, scale, seed, repetition, chunk_size, factors)
         require_finite_vectors(h, "H^-1 grad L(z)")
-        return (g * h).sum(1).double().cpu().numpy()
+        return (g * h).sum(1).double().cpu().numpy(), stats
 
     # --- the gradient cache -----------------------------------------------------------------------
 
@@ -143,6 +163,12 @@ class Replica:
             self._grads[key] = g
             self._cached_bytes += size
         return g
+
+
+def _precondition(factors: KroneckerFactors | None, config: SolverConfig):
+    if factors is None or getattr(config, "preconditioner", None) is None:
+        return None
+    return lambda r: factors.inverse(r, config.damping)
 
 
 def check_ranges(n: int) -> list[tuple[int, int]]:

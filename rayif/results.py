@@ -76,3 +76,10 @@ def write_parquet(table: pa.Table, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return path
+
+
+def metadata(table: pa.Table) -> dict[str, Any]:
+    """The ``rayif.*`` schema metadata of a results table, decoded (``{"solver": {...}, "job": {...}, ...}``)."""
+    meta = table.schema.metadata or {}
+    return {k.decode()[len("rayif."):]: json.loads(v) if k != b"rayif.convention" else v.decode()
+            for k, v in meta.items() if k.startswith(b"rayif.")}

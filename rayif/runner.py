@@ -22,11 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .config import LissaConfig, RunConfig, SolverConfig, solver_to_dict
+from .config import AutoConfig, LissaConfig, RunConfig, SolverConfig, solver_name, solver_to_dict
 from .data import Examples, ids_digest
 from .errors import RayifError
 from .executors import Call, Executor
 from .grads import require_finite_vectors
+from .ihvp import KroneckerFactors, SolveStats, kfac
 from .kernels import TopInfluence, candidate_plan, candidate_positions, chunk_grid, shards
 from .replica import check_ranges
 from .results import GROUP_TEST_ID, SCHEMA, SELF_INFLUENCE_SCHEMA, ranked_table, with_metadata
@@ -34,7 +35,8 @@ from .results import GROUP_TEST_ID, SCHEMA, SELF_INFLUENCE_SCHEMA, ranked_table,
 log = logging.getLogger("rayif")
 
 MANIFEST = "_rayif_job.json"
-MANIFEST_FORMAT = 2
+MANIFEST_FORMAT = 3
+FACTORS = "_rayif_factors.pt"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class Runner:
             raise RayifError("the workers built models with different weights: Task.model_factory must return "
                              "the same trained model every time it is called")
         self.fingerprint = fingerprints.pop()
+        self.solver, self.choice = _resolve(job.solver, len(job.train), executor.infos[0]["num_params"])
+        self.stats = SolveStats()
+        self._factors: Any = None  # an executor handle to the fitted KroneckerFactors
         self._scale: float | None = None
         self._sorter = None if job.candidates is None else np.argsort(job.train.ids)  # ids -> positions
 
@@ -84,11 +89,48 @@ class Runner:
         self._lap("validate")
 
     def scale(self) -> float | None:
-        """LiSSA's scale, estimated once per job on one worker (``None`` for exact / CG)."""
-        if isinstance(self.job.solver, LissaConfig) and self._scale is None:
-            (self._scale,) = self.ex.map([Call("scale", (self.job.solver, self.job.seed))])
+        """LiSSA's scale, estimated once per job on one worker (``None`` for the other solvers)."""
+        if isinstance(self.solver, LissaConfig) and self._scale is None:
+            (self._scale,) = self.ex.map([Call("scale", (self.solver, self.job.seed, self.factors()))])
             self._lap("scale")
         return self._scale
+
+    def factors(self) -> Any:
+        """The Kronecker factors the solver needs (``None`` if it needs none), fitted once per job as
+        (training chunk) units summed in chunk order, or loaded from ``RunConfig.factors_path``."""
+        kind = getattr(self.solver, "preconditioner", None)
+        if kind is None or self._factors is not None:
+            return self._factors
+        path = self.run.factors_path or (Path(self.run.output_dir) / FACTORS if self.run.output_dir else None)
+        info = self.ex.infos[0]
+        identity = {"kind": kind, "model_fingerprint": self.fingerprint, "params_sha256": info["params_sha256"],
+                    "num_train": len(self.job.train), "train_ids_sha256": ids_digest(self.job.train.ids)}
+        factors = None
+        if path is not None and Path(path).exists():
+            factors = KroneckerFactors.load(path)
+            if factors.identity != identity:
+                diff = sorted(k for k in identity if factors.identity.get(k) != identity[k])
+                raise RayifError(f"{path} holds Kronecker factors fitted for something else (differs in {diff}); "
+                                 "delete it to refit, or give another RunConfig.factors_path")
+            log.info("rayif: %s factors loaded from %s", kind, path)
+        else:
+            grid = chunk_grid(len(self.job.train), self.run.chunk_size)
+            shape, *sums = self.ex.map([Call("factor_shape")] + [Call("factor_sums", (w.start, w.stop)) for w in grid])
+            sums = kfac.add_sums(sums)
+            eigen = None
+            if kind == "ekfac":
+                qa, qs, _ = kfac.eigenbases(sums)
+                qa_ref, qs_ref = self.ex.put(qa), self.ex.put(qs)
+                eigen = kfac.add_sums(self.ex.map([Call("eigen_sums", (w.start, w.stop, qa_ref, qs_ref))
+                                                    for w in grid]))
+            factors = kfac.assemble(kind, shape, sums, eigen, identity)
+            if path is not None:
+                factors.save(path)
+            log.info("rayif: %s factors fitted over %d training rows in %d chunks", kind, len(self.job.train),
+                     len(grid))
+        self._factors = self.ex.put(factors)
+        self._lap("factors")
+        return self._factors
 
     def _batches(self) -> list[np.ndarray]:
         m = len(self.job.test)
@@ -99,7 +141,7 @@ class Runner:
 
     def _waves(self, todo: list[int]) -> list[list[int]]:
         """Batches whose units are scheduled together, so no worker idles while a batch has few units."""
-        solver = self.job.solver
+        solver = self.solver
         if isinstance(solver, LissaConfig):
             per_batch = solver.repetitions
         else:
@@ -118,19 +160,20 @@ class Runner:
         LiSSA: one unit per (batch, repetition), summed here in repetition order. Exact / CG: one unit per
         (batch, block of ``solve_block`` test vectors).
         """
-        job, scale = self.job, self.scale()
-        lissa = isinstance(job.solver, LissaConfig)
+        job, scale, factors = self.job, self.scale(), self.factors()
+        lissa = isinstance(self.solver, LissaConfig)
         calls, owner = [], []
         for b, rows in enumerate(batches):
             if lissa:
-                parts = [(rows, t) for t in range(job.solver.repetitions)]
+                parts = [(rows, t) for t in range(self.solver.repetitions)]
             else:
                 block = len(rows) if job.group else self.run.solve_block
                 parts = [(rows[i : i + block], None) for i in range(0, len(rows), block)]
             for r, t in parts:
-                calls.append(Call("s_test", (r, job.group, job.solver, scale, job.seed, t, self.run.chunk_size)))
+                calls.append(Call("s_test", (r, job.group, self.solver, scale, job.seed, t, self.run.chunk_size,
+                                             factors)))
                 owner.append(b)
-        results = self.ex.map(calls)
+        results = self._counted(self.ex.map(calls))
         out = []
         for b in range(len(batches)):
             mine = [r for r, o in zip(results, owner, strict=True) if o == b]
@@ -145,6 +188,14 @@ class Runner:
             out.append(s)
         self._lap("s_test")
         return out
+
+    def _counted(self, results: list[tuple[Any, SolveStats]]) -> list[Any]:
+        for _, st in results:
+            self.stats = self.stats + st
+        if self.stats.capped:
+            log.warning("rayif: %d of %d solves stopped at their cap before reaching their tolerance (see the "
+                        "warnings above for the knob)", self.stats.capped, self.stats.solves)
+        return [r for r, _ in results]
 
     def _work(self, rows: np.ndarray):
         """The scoring work of one batch: every chunk, or only the chunks holding its candidates."""
@@ -172,7 +223,8 @@ class Runner:
 
     def metadata(self) -> dict[str, Any]:
         job = self.job
-        return {"solver": solver_to_dict(job.solver), "seed": job.seed, "num_train": len(job.train),
+        return {"solver": solver_to_dict(self.solver), "solver_choice": self.choice, "seed": job.seed,
+                "num_train": len(job.train),
                 "group": job.group, "candidates": job.candidate_source, "model_fingerprint": self.fingerprint,
                 "workers": [{k: i[k] for k in ("node_id", "device", "gpu_ids")} for i in self.ex.infos]}
 
@@ -180,7 +232,7 @@ class Runner:
         """Seconds by phase on the driver and busy seconds by unit kind on each worker."""
         return {"seconds": {k: round(v, 4) for k, v in self.laps.items()},
                 "worker_busy": [{k: round(v, 4) for k, v in b.items()} for b in self.ex.busy.seconds],
-                "worker_failures": self.ex.failures}
+                "worker_failures": self.ex.failures, "solver_stats": vars(self.stats)}
 
     # --- jobs -------------------------------------------------------------------------------------
 
@@ -246,12 +298,12 @@ class Runner:
     def self_influence(self) -> pa.Table:
         """``(train_id, self_influence)`` for every training example, largest first."""
         self.validate()
-        job, scale = self.job, self.scale()
-        reps = list(range(job.solver.repetitions)) if isinstance(job.solver, LissaConfig) else [None]
+        job, scale, factors = self.job, self.scale(), self.factors()
+        reps = list(range(self.solver.repetitions)) if isinstance(self.solver, LissaConfig) else [None]
         grid = chunk_grid(len(job.train), self.run.chunk_size)
-        calls = [Call("self_influence", (w.start, w.stop, job.solver, scale, job.seed, t, self.run.chunk_size))
-                 for w in grid for t in reps]
-        results = iter(self.ex.map(calls))
+        calls = [Call("self_influence", (w.start, w.stop, self.solver, scale, job.seed, t, self.run.chunk_size,
+                                         factors)) for w in grid for t in reps]
+        results = iter(self._counted(self.ex.map(calls)))
         values = []
         for _ in grid:
             total = next(results)
@@ -269,7 +321,7 @@ class Runner:
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same job: a rerun on the folder must agree on every field."""
         job = self.job
-        return {"format": MANIFEST_FORMAT, "model_fingerprint": self.fingerprint, "solver": solver_to_dict(job.solver),
+        return {"format": MANIFEST_FORMAT, "model_fingerprint": self.fingerprint, "solver": solver_to_dict(self.solver),
                 "seed": job.seed, "top": job.top, "group": job.group, "test_batch_size": self.run.test_batch_size,
                 "chunk_size": self.run.chunk_size, "num_train": len(job.train),
                 "train_ids_sha256": ids_digest(job.train.ids), "num_test": len(job.test),
@@ -291,6 +343,15 @@ class Runner:
         else:
             manifest.write_text(json.dumps(job, indent=1))
         return out
+
+
+def _resolve(solver: SolverConfig, num_train: int, num_params: int) -> tuple[SolverConfig, dict]:
+    """The concrete solver (``AutoConfig`` chooses one for this problem) and the record of the choice."""
+    if not isinstance(solver, AutoConfig):
+        return solver, {"requested": solver_name(solver), "chosen": solver_name(solver), "reason": "requested"}
+    chosen, reason = solver.choose(num_train, num_params)
+    log.info("rayif: solver='auto' chose %s: %s", solver_name(chosen), reason)
+    return chosen, {"requested": "auto", "chosen": solver_name(chosen), "reason": reason}
 
 
 def read_results(output_dir: str | Path) -> pa.Table:

@@ -86,5 +86,5 @@ def test_a_user_mistake_is_one_line_and_exit_2(tmp_path, capsys):
                  "--test", str(tmp_path / "test.parquet"), "--solver-option", "depth"]) == 2
     assert "--solver-option takes KEY=JSON" in capsys.readouterr().err
     assert main(["explain", "--task", "rayif.digits:example_task", "--train", str(tmp_path / "train.parquet"),
-                 "--test", str(tmp_path / "test.parquet"), "--solver-option", "depht=3"]) == 2
+                 "--test", str(tmp_path / "test.parquet"), "--solver", "lissa", "--solver-option", "depht=3"]) == 2
     assert "unknown lissa option(s) ['depht']" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import scipy.stats as st
 import torch
 
 import rayif
-from rayif import CGConfig, ExactConfig, RayifError, RunConfig, ScalingConfig, tokens
+from rayif import CGConfig, ExactConfig, LissaConfig, RayifError, RunConfig, ScalingConfig, tokens
 from rayif.index import build_index
 
 DAMPING = 1e-3
@@ -51,6 +51,19 @@ def test_cg_matches_exact_through_dict_batches_in_process_and_on_ray(tx, ray_loc
     for row in range(6):
         got = table.filter((table["test_id"].to_numpy() == row) & (np.array(table["kind"].to_pylist()) == "harmful"))
         assert len(set(got["train_id"].to_pylist()) & set(np.argsort(-exact[row])[:5])) >= 4
+
+
+def test_ggn_and_ekfac_through_dict_batches(tx):
+    """The GGN splits batch_loss at the model's output; EK-FAC covers the Linear layers (tokens as extra rows)
+    and the layer norm (its diagonal): preconditioned CG answers exact GGN's question, LiSSA cannot diverge."""
+    task, train, test = tx
+    tr, te = train.batch(), test.batch(slice(0, 4))
+    exact = rayif.influence_matrix(task, tr, te, ExactConfig(curvature="ggn"))
+    pcg = rayif.influence_matrix(task, tr, te, CGConfig(curvature="ggn", tol=1e-8))
+    np.testing.assert_allclose(pcg, exact, rtol=1e-5, atol=1e-7 * np.abs(exact).max())
+    for batch_size in (1, 128):
+        cfg = LissaConfig(curvature="ggn", batch_size=batch_size, depth=150, tol=None, repetitions=1)
+        assert bool(torch.isfinite(rayif.compute_s_test(task, tr, te, cfg)).all())
 
 
 def test_parquet_and_ray_dataset_columns_become_dict_batches(tx, ray_local, tmp_path):

@@ -13,7 +13,6 @@ import rayif
 from rayif import CGConfig, ExactConfig, LissaConfig, digits
 from rayif.data import as_examples
 from rayif.grads import Objective
-from rayif.ihvp import LissaSolver
 from rayif.ihvp.exact import explicit_hessian
 
 from .conftest import correlations
@@ -60,28 +59,13 @@ def test_explicit_hessian_matches_torch_func_hessian(mlp):
     torch.testing.assert_close(h - h0, task.weight_decay * torch.eye(len(h), dtype=h.dtype), rtol=0, atol=1e-12)
 
 
-def _exact_at_lissa_target(task, sp, cfg, test_slice):
-    """LiSSA's fixed point is (H + damping*scale I)^-1: compare with exact at that damping."""
-    train, test = (sp.x_train, sp.y_train), (sp.x_test[test_slice], sp.y_test[test_slice])
-    solver = LissaSolver(Objective(task), as_examples(train), cfg, seed=0)
-    exact = rayif.influence_matrix(task, train, test, ExactConfig(damping=cfg.damping * solver.scale))
-    lissa = rayif.influence_matrix(task, train, test, cfg, seed=0)
-    return exact, lissa
-
-
-@pytest.mark.parametrize("model", ["logistic", "mlp"])
-def test_lissa_defaults_match_exact(model, request):
-    task, sp = request.getfixturevalue(model)
-    exact, lissa = _exact_at_lissa_target(task, sp, LissaConfig(), slice(0, 6))
-    c = correlations(exact, lissa)
-    assert c["pearson"] >= 0.99, c
-    assert c["spearman"] >= 0.99, c
-    assert c["min_top10"] >= 8, c
-
-
 def test_lissa_plain_last_iterate_is_a_noisier_estimate_of_the_same_target(logistic):
+    """FastIF's recursion as written (fixed depth, last iterate, no preconditioner) answers the same question."""
     task, sp = logistic
-    exact, plain = _exact_at_lissa_target(task, sp, LissaConfig(tail_average=0.0), slice(0, 3))
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:3], sp.y_test[:3])
+    exact = rayif.influence_matrix(task, train, test, ExactConfig())
+    cfg = LissaConfig(tail_average=0.0, tol=None, preconditioner=None, depth=1500, batch_size=32)
+    plain = rayif.influence_matrix(task, train, test, cfg)
     assert correlations(exact, plain)["pearson"] >= 0.98
 
 
@@ -98,7 +82,7 @@ def test_cg_matches_exact(mlp):
 def test_batched_s_test_equals_single_point_runs(mlp):
     task, sp = mlp
     train = (sp.x_train, sp.y_train)
-    cfg = LissaConfig(depth=200, repetitions=2)
+    cfg = LissaConfig(depth=200, repetitions=2, tol=None)  # a fixed depth: a batch stops with its slowest row
     batched = rayif.compute_s_test(task, train, (sp.x_test[:5], sp.y_test[:5]), cfg, seed=7)
     for i in range(5):
         single = rayif.compute_s_test(task, train, (sp.x_test[i : i + 1], sp.y_test[i : i + 1]), cfg, seed=7)
@@ -138,7 +122,7 @@ def test_self_influence_flags_flipped_labels(logistic):
     obj = Objective(task)
     ex = as_examples((sp.x_train, y))
     g = obj.train_grads(ex.take(np.array([3])))
-    h = explicit_hessian(obj, ex)
+    h = explicit_hessian(obj, ex) + ExactConfig().damping * torch.eye(obj.num_params, dtype=torch.float64)
     want = float(g.double() @ torch.linalg.solve(h, g.double().T))
     got = dict(zip(table.column("train_id").to_pylist(), table.column("self_influence").to_pylist(), strict=True))[3]
     assert got == pytest.approx(want, rel=1e-8)

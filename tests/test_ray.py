@@ -12,7 +12,7 @@ import ray
 import torch
 
 import rayif
-from rayif import ExactConfig, LissaConfig, RunConfig, ScalingConfig
+from rayif import CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig, ScalingConfig
 from rayif.data import as_examples
 from rayif.executors.ray import RayExecutor
 from rayif.runner import Job, Runner
@@ -88,6 +88,18 @@ def test_group_self_influence_and_matrix_on_ray_equal_in_process(ray_local, data
         assert s_ray["train_id"].to_pylist()[:20] == s_local["train_id"].to_pylist()[:20]
         np.testing.assert_allclose(np.sort(s_ray["self_influence"].to_numpy()),
                                    np.sort(s_local["self_influence"].to_numpy()), rtol=1e-6)
+
+
+def test_kronecker_factors_are_fitted_across_workers_and_equal_in_process(ray_local, data):
+    task, train, test = data
+    run = RunConfig(chunk_size=128)  # 8 chunks of the 1000 training rows: both workers fit some
+    for solver in (CGConfig(), EKFACConfig()):
+        local = rayif.explain(task, train, test, top=5, solver=solver, run_config=run)
+        remote = rayif.explain(task, train, test, top=5, solver=solver, run_config=run,
+                               scaling=ScalingConfig(num_workers=2, resources_per_worker=HALF_CPU))
+        _same(remote, local, rtol=1e-6)
+        busy = _job(remote)["worker_busy"]
+        assert all(b.get("factor_sums", 0) > 0 and b.get("eigen_sums", 0) > 0 for b in busy), busy
 
 
 def test_exact_solver_and_candidate_ids_on_ray(ray_local, data):

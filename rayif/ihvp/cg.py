@@ -1,6 +1,8 @@
-"""Conjugate gradients for many right-hand sides, one full-data HVP pass per iteration for all of them."""
+"""(Preconditioned) conjugate gradients for many right-hand sides, one full-data product pass per iteration."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -9,48 +11,60 @@ from ..config import CGConfig
 from ..data import Examples
 from ..errors import SolverError
 from ..grads import Objective
+from .stats import SolveStats
 
 
 class CGSolver:
-    """Independent CG runs per column of ``V``, sharing each batched HVP."""
+    """Independent CG runs per column of ``V``, sharing each batched curvature product; ``precondition``
+    applies ``M^-1 ~ (C + lambda I)^-1`` (symmetric positive definite) to a ``[m, p]`` residual."""
 
-    def __init__(self, objective: Objective, train: Examples, config: CGConfig, *, chunk_size: int = 256):
+    def __init__(self, objective: Objective, train: Examples, config: CGConfig, *, chunk_size: int = 256,
+                 precondition: Callable[[Tensor], Tensor] | None = None):
         self.objective, self.train, self.config, self.chunk_size = objective, train, config, chunk_size
+        self.precondition = precondition or (lambda r: r)
+        self.stats = SolveStats()
 
     def _apply(self, p: Tensor) -> Tensor:
-        return self.objective.full_hvp(p, self.train, self.chunk_size) + self.config.damping * p
+        return self.objective.full_hvp(p, self.train, self.chunk_size, self.config.curvature) + self.config.damping * p
 
     def solve(self, vectors: Tensor) -> Tensor:
         cfg = self.config
         b = vectors
         x = torch.zeros_like(b)
         r = b.clone()
-        d = r.clone()
+        z = self.precondition(r)
+        d = z.clone()
+        rz = (r * z).sum(1)
+        target = cfg.tol**2 * (b * b).sum(1)
         rs = (r * r).sum(1)
-        target = cfg.tol**2 * rs
         active = rs > target
-        for _ in range(cfg.max_iter):
+        for it in range(cfg.max_iter):
             if not bool(active.any()):
+                self.stats = SolveStats.one(it, False)
                 return x
             ad = self._apply(d)
             dad = (d * ad).sum(1)
             if bool((dad[active] <= 0).any()):
+                hint = " or use curvature='ggn'" if cfg.curvature == "hessian" else ""
                 raise SolverError(
-                    "CG met non-positive curvature: H + damping*I is not positive definite; "
-                    f"raise CGConfig.damping (now {cfg.damping})"
+                    f"CG met non-positive curvature: C + damping*I is not positive definite; raise CGConfig.damping "
+                    f"(now {cfg.damping}){hint}"
                 )
-            alpha = torch.where(active, rs / torch.where(active, dad, torch.ones_like(dad)), torch.zeros_like(rs))
+            alpha = torch.where(active, rz / torch.where(active, dad, torch.ones_like(dad)), torch.zeros_like(rz))
             x = x + alpha[:, None] * d
             r = r - alpha[:, None] * ad
-            rs_new = (r * r).sum(1)
-            beta = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)), torch.zeros_like(rs))
-            d = r + beta[:, None] * d
-            rs = torch.where(active, rs_new, rs)
+            z = self.precondition(r)
+            rz_new = (r * z).sum(1)
+            beta = torch.where(active, rz_new / torch.where(active, rz, torch.ones_like(rz)), torch.zeros_like(rz))
+            d = torch.where(active[:, None], z + beta[:, None] * d, d)
+            rz = torch.where(active, rz_new, rz)
+            rs = (r * r).sum(1)
             active = active & (rs > target)
         if bool(active.any()):
-            worst = float((rs[active] / target[active].clamp_min(1e-300)).sqrt().max() * cfg.tol)
+            worst = float((rs[active] / (b * b).sum(1)[active].clamp_min(1e-300)).sqrt().max())
             raise SolverError(
-                f"CG did not reach tol={cfg.tol} in max_iter={cfg.max_iter} iterations (worst relative "
-                f"residual {worst:.2e}); raise CGConfig.max_iter or CGConfig.damping"
+                f"CG did not reach tol={cfg.tol} in max_iter={cfg.max_iter} iterations (worst relative residual "
+                f"{worst:.2e}); raise CGConfig.max_iter or CGConfig.damping, or use a preconditioner"
             )
+        self.stats = SolveStats.one(cfg.max_iter, False)
         return x

@@ -9,37 +9,41 @@ from ..config import ExactConfig
 from ..data import Examples
 from ..errors import RayifError, SolverError
 from ..grads import Objective
+from .stats import SolveStats
 
 
-def explicit_hessian(objective: Objective, train: Examples, chunk_size: int = 256) -> Tensor:
-    """``[p, p]`` Hessian of the mean training loss, built from HVPs with blocks of the identity."""
+def explicit_hessian(objective: Objective, train: Examples, chunk_size: int = 256, curvature: str = "hessian"
+                     ) -> Tensor:
+    """``[p, p]`` Hessian (or GGN) of the mean training loss, built from products with blocks of the identity."""
     p = objective.num_params
     eye = torch.eye(p, dtype=objective.dtype, device=objective.device)
-    cols = [objective.full_hvp(eye[i : i + 512], train, chunk_size) for i in range(0, p, 512)]
+    cols = [objective.full_hvp(eye[i : i + 512], train, chunk_size, curvature) for i in range(0, p, 512)]
     h = torch.cat(cols).double()
     return (h + h.T) / 2
 
 
 class ExactSolver:
-    """``(H + damping I)^-1 V`` through an eigendecomposition of the explicit Hessian (float64)."""
+    """``(C + damping I)^-1 V`` through an eigendecomposition of the explicit curvature ``C`` (float64)."""
 
     def __init__(self, objective: Objective, train: Examples, config: ExactConfig, *, chunk_size: int = 256):
         p = objective.num_params
         if p > config.max_params:
             raise RayifError(
                 f"the exact solver builds a {p} x {p} Hessian, above ExactConfig.max_params={config.max_params}; "
-                "select fewer parameters (Task.params), raise max_params, or use LissaConfig / CGConfig"
+                "select fewer parameters (Task.params), raise max_params, or use CGConfig / LissaConfig / EKFACConfig"
             )
         self.dtype = objective.dtype
-        h = explicit_hessian(objective, train, chunk_size)
+        h = explicit_hessian(objective, train, chunk_size, config.curvature)
+        self.stats = SolveStats()
         evals, self._evecs = torch.linalg.eigh(h)
         self.eigenvalues = evals
         self._shifted = evals + config.damping
         smallest = float(self._shifted.min())
         if smallest <= 0:
             raise SolverError(
-                f"H + {config.damping}*I is not positive definite (smallest eigenvalue {smallest:.3g}); "
-                f"set ExactConfig.damping above {-float(evals.min()):.3g}"
+                f"the {config.curvature} + {config.damping}*I is not positive definite (smallest eigenvalue "
+                f"{smallest:.3g}); set ExactConfig.damping above {-float(evals.min()):.3g}"
+                + (" or use curvature='ggn'" if config.curvature == "hessian" else "")
             )
 
     def solve(self, vectors: Tensor) -> Tensor:

@@ -1,0 +1,203 @@
+"""One question for every solver: damping in one unit, the Gauss-Newton curvature, Kronecker factors, auto."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import rayif
+from rayif import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig, digits
+from rayif.config import DEFAULT_DAMPING
+from rayif.data import as_examples
+from rayif.errors import LissaDivergenceError, RayifError
+from rayif.grads import Objective
+from rayif.ihvp import KroneckerFactors, fit_factors, make_solver
+from rayif.ihvp.exact import explicit_hessian
+
+from .conftest import correlations
+
+
+def _explicit_ggn(obj: Objective, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``mean_i J_i^T H_i J_i + weight_decay I`` straight from its definition (Jacobians and loss Hessians)."""
+    jac = torch.func.jacrev(lambda th: obj.outputs(th, (x, y)))(obj.theta)  # [b, C, p]
+    out = obj.outputs(obj.theta, (x, y)).detach()
+    h = torch.func.vmap(torch.func.hessian(lambda o, t: digits.cross_entropy(o[None], t[None])[0]))(out, y)
+    eye = torch.eye(obj.num_params, dtype=torch.float64)
+    return torch.einsum("bcp,bcd,bdq->pq", jac, h, jac) / len(x) + obj.task.weight_decay * eye
+
+
+def test_ggn_products_equal_the_gauss_newton_matrix(mlp, logistic):
+    task, sp = mlp
+    obj = Objective(task)
+    x, y = torch.as_tensor(sp.x_train[:150]), torch.as_tensor(sp.y_train[:150])
+    v = torch.randn(7, obj.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ggn = _explicit_ggn(obj, x, y)
+    torch.testing.assert_close(obj.gvp(v, (x, y)), v @ ggn, rtol=1e-10, atol=1e-12)
+    # the tanh layer makes the Hessian differ from the GGN; for a linear model with cross-entropy they agree
+    assert (obj.hvp(v, (x, y)) - v @ ggn).abs().max() > 1e-3
+    lin = Objective(logistic[0])
+    v = v[:, : lin.num_params]
+    torch.testing.assert_close(lin.gvp(v, (x, y)), lin.hvp(v, (x, y)), rtol=1e-10, atol=1e-12)
+
+
+def test_ekfac_eigenvalues_are_the_ggn_diagonal_in_the_kronecker_eigenbasis(mlp):
+    task, sp = mlp
+    obj = Objective(task)
+    train = as_examples((sp.x_train[:300], sp.y_train[:300]))
+    f = fit_factors(obj, train, "ekfac", chunk_size=128)
+    ggn = explicit_hessian(obj, train, 300, "ggn") - task.weight_decay * torch.eye(obj.num_params, dtype=torch.float64)
+    assert len(f.blocks) == 2 and len(f.diag_index) == 0
+    for blk, qa, qs, eig in zip(f.blocks, f.qa, f.qs, f.eig, strict=True):
+        idx = torch.arange(*blk.weight).view(blk.d_out, blk.d_in)
+        idx = torch.cat([idx, torch.arange(*blk.bias)[:, None]], 1).reshape(-1)
+        q = torch.kron(qs, qa)
+        want = torch.diagonal(q.T @ ggn[idx][:, idx] @ q).view(blk.d_out, blk.d_in1)
+        torch.testing.assert_close(eig, want, rtol=1e-8, atol=1e-12)
+
+
+def test_parameters_outside_linear_weights_get_the_exact_ggn_diagonal(mlp):
+    task, sp = mlp
+    biases = dataclasses.replace(task, params=("0.bias", "2.weight"))  # first bias alone, last layer's weight
+    obj = Objective(biases)
+    train = as_examples((sp.x_train[:200], sp.y_train[:200]))
+    f = fit_factors(obj, train, "kfac", chunk_size=64)
+    assert [b.module for b in f.blocks] == ["2"] and f.blocks[0].bias is None
+    ggn = explicit_hessian(obj, train, 200, "ggn")
+    np.testing.assert_allclose(f.diag, torch.diagonal(ggn)[f.diag_index] - task.weight_decay, rtol=1e-8)
+
+
+def test_kronecker_factors_are_exact_for_one_example(logistic):
+    """One training example: the GGN block is exactly S (x) A, so K-FAC, EK-FAC and exact GGN agree."""
+    task, sp = logistic
+    train, test = (sp.x_train[:1], sp.y_train[:1]), (sp.x_test[:3], sp.y_test[:3])
+    want = rayif.compute_s_test(task, train, test, ExactConfig(curvature="ggn"))
+    for corrected in (True, False):
+        got = rayif.compute_s_test(task, train, test, EKFACConfig(eigen_correction=corrected))
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_preconditioned_cg_answers_the_exact_question(mlp, curvature):
+    task, sp = mlp
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:6], sp.y_test[:6])
+    exact = rayif.influence_matrix(task, train, test, ExactConfig(curvature=curvature))
+    for pre in ("ekfac", "kfac", None):
+        cg = rayif.influence_matrix(task, train, test, CGConfig(curvature=curvature, preconditioner=pre, tol=1e-7))
+        np.testing.assert_allclose(cg, exact, rtol=1e-4, atol=1e-5 * np.abs(exact).max())
+
+
+def test_every_solver_has_the_same_default_damping():
+    for cfg in (ExactConfig(), CGConfig(), LissaConfig(), EKFACConfig(), AutoConfig()):
+        assert cfg.damping == DEFAULT_DAMPING
+
+
+def test_plain_lissa_converges_to_exact_at_the_same_damping(logistic):
+    """The damping is additive in the Hessian's units for LiSSA too: no hidden ``damping * scale``."""
+    task, sp = logistic
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:4], sp.y_test[:4])
+    damping = 0.02
+    exact = rayif.compute_s_test(task, train, test, ExactConfig(damping=damping))
+    lissa = rayif.compute_s_test(task, train, test, LissaConfig(damping=damping, preconditioner=None, tol=None,
+                                                               depth=600, batch_size=500, repetitions=1))
+    rel = (lissa - exact).norm(dim=1) / exact.norm(dim=1)
+    assert float(rel.max()) < 0.05, rel
+    other = rayif.compute_s_test(task, train, test, ExactConfig(damping=2 * damping))
+    assert float(((lissa - other).norm(dim=1) / other.norm(dim=1)).min()) > 2 * float(rel.max())
+
+
+@pytest.mark.parametrize(("preconditioner", "pearson", "spearman"), [("ekfac", 0.999, 0.99), (None, 0.995, 0.98)])
+def test_lissa_defaults_match_exact_at_the_users_damping(logistic, preconditioner, pearson, spearman):
+    task, sp = logistic
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:6], sp.y_test[:6])
+    exact = rayif.influence_matrix(task, train, test, ExactConfig())
+    cfg = LissaConfig(preconditioner=preconditioner)
+    lissa = rayif.explain(task, train, test, top=10, solver=cfg, seed=0)
+    stats = rayif.results.metadata(lissa)["job"]["solver_stats"]
+    assert stats["solves"] == cfg.repetitions and stats["capped"] == 0, stats  # one test batch
+    c = correlations(exact, rayif.influence_matrix(task, train, test, cfg, seed=0))
+    assert c["pearson"] >= pearson and c["spearman"] >= spearman and c["min_top10"] >= 9, c
+
+
+def test_lissa_stops_when_its_average_is_converged_and_reports_a_cap(logistic):
+    task, sp = logistic
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:2], sp.y_test[:2])
+    loose = rayif.explain(task, train, test, top=3, solver=LissaConfig(tol=0.2))
+    tight = rayif.explain(task, train, test, top=3, solver=LissaConfig(tol=0.01))
+    steps = [rayif.results.metadata(t)["job"]["solver_stats"]["iterations"] for t in (loose, tight)]
+    assert steps[0] < steps[1]
+    capped = rayif.explain(task, train, test, top=3, solver=LissaConfig(tol=1e-6, depth=100))
+    assert rayif.results.metadata(capped)["job"]["solver_stats"]["capped"] == 2
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 32, 128])
+def test_lissa_with_ggn_does_not_diverge_at_any_batch_size(mlp, batch_size):
+    task, sp = mlp
+    cfg = LissaConfig(curvature="ggn", batch_size=batch_size, depth=300, tol=None, repetitions=1)
+    s = rayif.compute_s_test(task, (sp.x_train, sp.y_train), (sp.x_test[:8], sp.y_test[:8]), cfg, seed=0)
+    assert bool(torch.isfinite(s).all())
+
+
+def test_lissa_divergence_names_ggn_and_damping(mlp):
+    task, sp = mlp
+    cfg = LissaConfig(scale=0.05, preconditioner=None, depth=2000)
+    with pytest.raises(LissaDivergenceError, match=r"scale_safety.*curvature='ggn'.*LissaConfig\.damping"):
+        rayif.compute_s_test(task, (sp.x_train, sp.y_train), (sp.x_test[:2], sp.y_test[:2]), cfg)
+
+
+def test_auto_chooses_by_size_and_records_why(logistic):
+    assert isinstance(AutoConfig().choose(1000, 650)[0], ExactConfig)
+    assert isinstance(AutoConfig().choose(100_000, 4810)[0], CGConfig)
+    assert isinstance(AutoConfig().choose(2_000_000, 4810)[0], LissaConfig)
+    assert isinstance(AutoConfig().choose(100, 20_000)[0], CGConfig)
+    chosen = AutoConfig(curvature="ggn", damping=0.01).choose(100, 20_000)[0]
+    assert (chosen.curvature, chosen.damping) == ("ggn", 0.01)
+    task, sp = logistic
+    table = rayif.explain(task, (sp.x_train, sp.y_train), (sp.x_test[:2], sp.y_test[:2]), top=3)
+    meta = rayif.results.metadata(table)
+    assert meta["solver_choice"]["requested"] == "auto" and meta["solver_choice"]["chosen"] == "exact"
+    assert "max_params" in meta["solver_choice"]["reason"] and meta["solver"]["method"] == "exact"
+
+
+def test_factors_are_saved_reused_and_refused_for_another_model(logistic, mlp, tmp_path, caplog):
+    task, sp = logistic
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:2], sp.y_test[:2])
+    path = tmp_path / "factors.pt"
+    first = rayif.compute_s_test(task, train, test, EKFACConfig(), run_config=RunConfig(factors_path=path))
+    assert KroneckerFactors.load(path).identity["kind"] == "ekfac"
+    assert torch.load(path, weights_only=True)["qa"][0].shape == (65, 65)  # plain torch can read it
+    with caplog.at_level("INFO", logger="rayif"):
+        again = rayif.compute_s_test(task, train, test, EKFACConfig(), run_config=RunConfig(factors_path=path))
+    assert "factors loaded from" in caplog.text
+    assert torch.equal(first, again)
+    other, _ = digits.digits_task("logistic", weight_decay=0.05)
+    with pytest.raises(RayifError, match=r"fitted for something else \(differs in \['model_fingerprint'\]\)"):
+        rayif.compute_s_test(other, train, test, EKFACConfig(), run_config=RunConfig(factors_path=path))
+    # an output folder keeps its job's factors beside its batches
+    out = tmp_path / "job"
+    rayif.explain(task, train, test, top=2, solver=CGConfig(), run_config=RunConfig(output_dir=out))
+    assert (out / "_rayif_factors.pt").exists()
+
+
+def test_solvers_by_name_and_bad_options():
+    assert isinstance(rayif.api._solver("ekfac"), EKFACConfig)
+    assert isinstance(rayif.api._solver(None), AutoConfig)
+    for bad in (dict(curvature="fisher"), dict(damping=-1.0)):
+        with pytest.raises(RayifError, match="CGConfig"):
+            CGConfig(**bad)
+    with pytest.raises(RayifError, match="preconditioner must be one of"):
+        LissaConfig(preconditioner="shampoo")
+    with pytest.raises(RayifError, match="unknown solver method"):
+        rayif.api._solver("newton")
+
+
+def test_solver_direct_use_fits_its_own_factors(logistic):
+    task, sp = logistic
+    obj = Objective(task)
+    train = as_examples((sp.x_train[:300], sp.y_train[:300]))
+    v = obj.test_grads(as_examples((sp.x_test[:3], sp.y_test[:3])))
+    want = make_solver(obj, train, ExactConfig()).solve(v)
+    got = make_solver(obj, train, CGConfig(tol=1e-9)).solve(v)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8)
