@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import rayif
-from rayif import LissaConfig, RunConfig, ScalingConfig
+from rayif import RunConfig, ScalingConfig
 from rayif.digits import digits_task, load_digits_split
 
 
@@ -35,9 +35,11 @@ def main() -> None:
     with torch.no_grad():
         wrong = np.flatnonzero(task.build_model()(torch.as_tensor(split.x_test)).argmax(1).numpy() != split.y_test)
     test = {"x": split.x_test[wrong], "y": split.y_test[wrong], "id": wrong}
-    table = rayif.explain(task, (split.x_train, split.y_train), test, top=args.top, solver=LissaConfig(), seed=0,
+    table = rayif.explain(task, (split.x_train, split.y_train), test, top=args.top, seed=0,
                           scaling=ScalingConfig(num_workers=args.workers, use_gpu=args.gpu),
                           run_config=RunConfig(output_dir=args.out, test_batch_size=8))
+    choice = rayif.results.metadata(table)["solver_choice"]
+    print(f"solver: {choice['chosen']} ({choice['requested']}: {choice['reason']})")
     for w in json.loads(table.schema.metadata[b"rayif.workers"]):
         print(f"worker on node {w['node_id'][:12]} ({w['device']})")
     first = table.filter(table["test_id"].to_numpy() == int(wrong[0])).to_pylist()

@@ -44,7 +44,7 @@ def main() -> None:
     print(f"test accuracy {np.mean(pred == test.labels):.3f}; influence on {top} top-layer parameters of "
           f"{sum(p.numel() for p in model.parameters())}")
     scaling = ScalingConfig(num_workers=args.workers)
-    cg, exact = CGConfig(damping=1e-3), ExactConfig(damping=1e-3)
+    cg, exact = CGConfig(), ExactConfig()  # the same damping (1e-3) and curvature by default
     test_batch = {**test.batch(wrong), "id": wrong}
     m_cg = rayif.influence_matrix(task, train.batch(), test_batch, cg, scaling=scaling)
     m_exact = rayif.influence_matrix(task, train.batch(), test_batch, exact, scaling=scaling)

@@ -79,7 +79,7 @@ class CGConfig:
     damping: float = DEFAULT_DAMPING
     curvature: str = "hessian"
     preconditioner: str | None = "ekfac"
-    tol: float = 1e-4
+    tol: float = 1e-3
     max_iter: int = 500
 
     def __post_init__(self) -> None:
@@ -189,8 +189,9 @@ class EKFACConfig:
 class AutoConfig:
     """Let rayif choose (the default): the most exact solver the problem affords, at the same question.
 
-    * ``exact`` when the selected parameters fit (``p <= max_params``) and the explicit curvature costs at
-      most ``exact_budget`` example-vector products (``n * p``);
+    * ``exact`` when the selected parameters fit (``p <= max_params``), the explicit curvature costs at
+      most ``exact_budget`` example-vector products (``n * p``), and at most what CG would spend on the
+      job's ``m`` test vectors (about ``30 * m * n``, so ``p <= 30 * m``);
     * else EK-FAC-preconditioned CG with full-data products while the training set has at most
       ``cg_max_rows`` examples;
     * else EK-FAC-preconditioned LiSSA.
@@ -217,19 +218,29 @@ class AutoConfig:
         _check(self.exact_budget >= 0, f"AutoConfig.exact_budget must be >= 0, got {self.exact_budget}")
         _check(self.cg_max_rows >= 0, f"AutoConfig.cg_max_rows must be >= 0, got {self.cg_max_rows}")
 
-    def choose(self, num_train: int, num_params: int) -> tuple[SolverConfig, str]:
-        """The solver for ``num_train`` examples and ``num_params`` selected parameters, and why."""
-        n, p = num_train, num_params
-        if p <= self.max_params and n * p <= self.exact_budget:
+    def choose(self, num_train: int, num_params: int, num_vectors: int | None = None) -> tuple[SolverConfig, str]:
+        """The solver for ``num_train`` examples, ``num_params`` selected parameters and ``num_vectors``
+        right-hand sides (test points; ``None``: unknown), and why."""
+        n, p, m = num_train, num_params, num_vectors
+        # the explicit matrix costs p products per training row whatever m is; CG about _CG_PASSES * m
+        fits = p <= self.max_params and n * p <= self.exact_budget
+        if fits and (m is None or p <= _CG_PASSES * m):
             return (ExactConfig(self.damping, self.curvature, self.max_params),
                     f"p={p} <= max_params={self.max_params} and n*p={n * p:.3g} <= "
-                    f"exact_budget={self.exact_budget:.3g}")
-        why = (f"p={p} > max_params={self.max_params}" if p > self.max_params
-               else f"n*p={n * p:.3g} > exact_budget={self.exact_budget:.3g}")
+                    f"exact_budget={self.exact_budget:.3g}" + ("" if m is None else f" and p <= {_CG_PASSES}*m={m}"))
+        if fits:
+            why = f"p={p} > {_CG_PASSES}*m (m={m} test vectors): CG's passes cost less than the explicit matrix"
+        elif p > self.max_params:
+            why = f"p={p} > max_params={self.max_params}"
+        else:
+            why = f"n*p={n * p:.3g} > exact_budget={self.exact_budget:.3g}"
         if n <= self.cg_max_rows:
             return CGConfig(self.damping, self.curvature), f"{why}; n={n} <= cg_max_rows={self.cg_max_rows}"
         return (LissaConfig(damping=self.damping, curvature=self.curvature),
                 f"{why}; n={n} > cg_max_rows={self.cg_max_rows}")
+
+
+_CG_PASSES = 30  # passes a preconditioned CG typically needs at its default tol (25-35 measured)
 
 
 SolverConfig = Union[ExactConfig, CGConfig, LissaConfig, EKFACConfig, AutoConfig]  # noqa: UP007 (a runtime alias)

@@ -67,7 +67,8 @@ class Runner:
             raise RayifError("the workers built models with different weights: Task.model_factory must return "
                              "the same trained model every time it is called")
         self.fingerprint = fingerprints.pop()
-        self.solver, self.choice = _resolve(job.solver, len(job.train), executor.infos[0]["num_params"])
+        vectors = len(job.train) if job.test is None else 1 if job.group else len(job.test)
+        self.solver, self.choice = _resolve(job.solver, len(job.train), executor.infos[0]["num_params"], vectors)
         self.stats = SolveStats()
         self._factors: Any = None  # an executor handle to the fitted KroneckerFactors
         self._scale: float | None = None
@@ -345,11 +346,11 @@ class Runner:
         return out
 
 
-def _resolve(solver: SolverConfig, num_train: int, num_params: int) -> tuple[SolverConfig, dict]:
+def _resolve(solver: SolverConfig, num_train: int, num_params: int, num_vectors: int) -> tuple[SolverConfig, dict]:
     """The concrete solver (``AutoConfig`` chooses one for this problem) and the record of the choice."""
     if not isinstance(solver, AutoConfig):
         return solver, {"requested": solver_name(solver), "chosen": solver_name(solver), "reason": "requested"}
-    chosen, reason = solver.choose(num_train, num_params)
+    chosen, reason = solver.choose(num_train, num_params, num_vectors)
     log.info("rayif: solver='auto' chose %s: %s", solver_name(chosen), reason)
     return chosen, {"requested": "auto", "chosen": solver_name(chosen), "reason": reason}
 

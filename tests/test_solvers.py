@@ -149,16 +149,21 @@ def test_lissa_divergence_names_ggn_and_damping(mlp):
 
 def test_auto_chooses_by_size_and_records_why(logistic):
     assert isinstance(AutoConfig().choose(1000, 650)[0], ExactConfig)
+    assert isinstance(AutoConfig().choose(1500, 2410, 100)[0], ExactConfig)  # CG would cost more passes
+    assert isinstance(AutoConfig().choose(1500, 2410, 50)[0], CGConfig)
     assert isinstance(AutoConfig().choose(100_000, 4810)[0], CGConfig)
     assert isinstance(AutoConfig().choose(2_000_000, 4810)[0], LissaConfig)
     assert isinstance(AutoConfig().choose(100, 20_000)[0], CGConfig)
     chosen = AutoConfig(curvature="ggn", damping=0.01).choose(100, 20_000)[0]
     assert (chosen.curvature, chosen.damping) == ("ggn", 0.01)
     task, sp = logistic
-    table = rayif.explain(task, (sp.x_train, sp.y_train), (sp.x_test[:2], sp.y_test[:2]), top=3)
+    table = rayif.explain(task, (sp.x_train, sp.y_train), (sp.x_test[:30], sp.y_test[:30]), top=3)
     meta = rayif.results.metadata(table)
     assert meta["solver_choice"]["requested"] == "auto" and meta["solver_choice"]["chosen"] == "exact"
     assert "max_params" in meta["solver_choice"]["reason"] and meta["solver"]["method"] == "exact"
+    one = rayif.explain(task, (sp.x_train, sp.y_train), (sp.x_test[:30], sp.y_test[:30]), top=3, group=True)
+    meta = rayif.results.metadata(one)  # one test vector: CG's passes are cheaper than the 650 x 650 matrix
+    assert meta["solver_choice"]["chosen"] == "cg" and "m=1" in meta["solver_choice"]["reason"]
 
 
 def test_factors_are_saved_reused_and_refused_for_another_model(logistic, mlp, tmp_path, caplog):
