@@ -89,6 +89,20 @@ def test_preconditioned_cg_answers_the_exact_question(mlp, curvature):
         np.testing.assert_allclose(cg, exact, rtol=1e-4, atol=1e-5 * np.abs(exact).max())
 
 
+def test_the_default_solver_matches_exact_on_the_mlp(mlp):
+    """As a user meets it: no solver given, so auto picks EK-FAC-preconditioned CG for 8 test points."""
+    task, sp = mlp
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:8], sp.y_test[:8])
+    exact = rayif.influence_matrix(task, train, test, ExactConfig())
+    table = rayif.explain(task, train, test, top=10)
+    assert rayif.results.metadata(table)["solver_choice"]["chosen"] == "cg"
+    c = correlations(exact, rayif.influence_matrix(task, train, test))
+    assert c["pearson"] >= 0.999 and c["spearman"] >= 0.99 and c["min_top10"] >= 9, c
+    for row in range(8):  # and the table ranks as exact does
+        got = table.filter((table["test_id"].to_numpy() == row) & (np.array(table["kind"].to_pylist()) == "harmful"))
+        assert len(set(got["train_id"].to_pylist()) & set(np.argsort(-exact[row])[:10])) >= 9
+
+
 def test_every_solver_has_the_same_default_damping():
     for cfg in (ExactConfig(), CGConfig(), LissaConfig(), EKFACConfig(), AutoConfig()):
         assert cfg.damping == DEFAULT_DAMPING
