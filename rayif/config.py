@@ -159,7 +159,7 @@ class LissaConfig:
 class EKFACConfig:
     """Kronecker-factored curvature on its own: ``s_test = P v`` with ``P`` the (E)K-FAC inverse.
 
-    Each ``nn.Linear`` whose weight is selected gets a block ``S (x) A`` (output-gradient and input
+    Each ``nn.Linear`` or ``nn.Conv2d`` whose weight is selected gets a block ``S (x) A`` (output-gradient and input
     covariances of the GGN, fitted over the training data); with ``eigen_correction`` its eigenvalues are
     refitted per example (EK-FAC, George et al. 2018), else K-FAC. Other selected parameters get the GGN's
     diagonal. The task's weight decay and ``damping`` are added to every block. One pass (K-FAC) or two

@@ -58,6 +58,42 @@ def test_ekfac_eigenvalues_are_the_ggn_diagonal_in_the_kronecker_eigenbasis(mlp)
         torch.testing.assert_close(eig, want, rtol=1e-8, atol=1e-12)
 
 
+def _small_cnn():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Unflatten(1, (1, 8, 8)), torch.nn.Conv2d(1, 3, 3, padding=1, stride=2),
+                               torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(48, 10)).double()
+
+
+def test_conv2d_gets_a_kronecker_block_of_its_patches(mlp):
+    """A Conv2d's block: unfolded patches x output channels, every position a token; EK-FAC's eigenvalues are
+    still exactly the GGN's diagonal in that basis, and preconditioned CG still answers exact's question."""
+    _, sp = mlp
+    model = digits.train(_small_cnn(), sp.x_train[:200], sp.y_train[:200], 1e-2, max_iter=50)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def build():
+        m = _small_cnn()
+        m.load_state_dict(state)
+        return m
+
+    task = rayif.Task(build, loss=digits.cross_entropy, weight_decay=1e-2)
+    obj = Objective(task)
+    train = as_examples((sp.x_train[:200], sp.y_train[:200]))
+    f = fit_factors(obj, train, "ekfac", chunk_size=64)
+    assert [(b.module, b.d_out, b.d_in) for b in f.blocks] == [("1", 3, 9), ("4", 10, 48)]
+    ggn = explicit_hessian(obj, train, 200, "ggn") - 1e-2 * torch.eye(obj.num_params, dtype=torch.float64)
+    for blk, qa, qs, eig in zip(f.blocks, f.qa, f.qs, f.eig, strict=True):
+        idx = torch.arange(*blk.weight).view(blk.d_out, blk.d_in)
+        idx = torch.cat([idx, torch.arange(*blk.bias)[:, None]], 1).reshape(-1)
+        q = torch.kron(qs, qa)
+        want = torch.diagonal(q.T @ ggn[idx][:, idx] @ q).view(blk.d_out, blk.d_in1)
+        torch.testing.assert_close(eig, want, rtol=1e-8, atol=1e-12)
+    data, test = (sp.x_train[:200], sp.y_train[:200]), (sp.x_test[:3], sp.y_test[:3])
+    exact = rayif.compute_s_test(task, data, test, ExactConfig())
+    torch.testing.assert_close(rayif.compute_s_test(task, data, test, CGConfig(tol=1e-9)), exact, rtol=1e-6,
+                               atol=1e-8)
+
+
 def test_parameters_outside_linear_weights_get_the_exact_ggn_diagonal(mlp):
     task, sp = mlp
     biases = dataclasses.replace(task, params=("0.bias", "2.weight"))  # first bias alone, last layer's weight

@@ -1,6 +1,7 @@
 """Kronecker-factored Gauss-Newton curvature (K-FAC, EK-FAC) and its damped inverse.
 
-For an ``nn.Linear`` with input ``a`` and output ``s``, example i's pseudo-gradients of the weight are
+For an ``nn.Linear`` with input ``a`` and output ``s`` (an ``nn.Conv2d``: its unfolded input patches and
+its output channels, each spatial position a token), example i's pseudo-gradients of the weight are
 ``g_ik a_i^T`` with ``g_ik = J_s^T L_i e_k``, where ``H_i = L_i L_i^T`` is the Hessian of its loss in the
 model's outputs: summed over k they give exactly the GGN's block ``E[sum_k vec(g a^T) vec(g a^T)^T]``.
 K-FAC approximates that block by ``S (x) A`` (``S = E[sum_k g g^T]``, ``A = E[a a^T]``); EK-FAC keeps the
@@ -32,7 +33,8 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class Block:
-    """One ``nn.Linear`` whose weight is selected: its slices of the flat parameter vector."""
+    """One ``nn.Linear`` or ``nn.Conv2d`` whose weight is selected: its slices of the flat parameter vector
+    (``d_in``: input features, or input channels x kernel size for a convolution)."""
 
     module: str
     weight: tuple[int, int]
@@ -55,9 +57,10 @@ def layout(objective: Objective) -> tuple[list[Block], Tensor]:
     blocks, covered = [], set()
     for name, module in objective.model.named_modules():
         w, b = f"{name}.weight" if name else "weight", f"{name}.bias" if name else "bias"
-        if isinstance(module, nn.Linear) and w in offsets:
+        if _kronecker(module) and w in offsets:
             bias = offsets.get(b) if module.bias is not None else None
-            blocks.append(Block(name, offsets[w], bias, module.out_features, module.in_features))
+            d_out = module.weight.shape[0]
+            blocks.append(Block(name, offsets[w], bias, d_out, module.weight.numel() // d_out))
             covered |= {w} | ({b} if bias is not None else set())
     rest = [torch.arange(*offsets[n]) for n in objective.names if n not in covered]
     diag = torch.cat(rest) if rest else torch.zeros(0, dtype=torch.long)
@@ -95,7 +98,8 @@ def _pseudo_gradients(objective: Objective, examples: Examples, blocks: list[Blo
     factors = _output_hessian_roots(objective, out.detach(), ex.batch, examples)  # [b, C, C], columns k
     acts = []
     for blk in blocks:
-        a = torch.cat([_tokens(x, b, blk.d_in) for x, _ in captured[blk.module]], dim=1).detach()
+        mod = modules[blk.module]
+        a = torch.cat([_inputs(mod, x, b) for x, _ in captured[blk.module]], dim=1).detach()
         if blk.bias is not None:
             a = torch.cat([a, a.new_ones(*a.shape[:2], 1)], dim=2)
         acts.append(a)
@@ -107,13 +111,32 @@ def _pseudo_gradients(objective: Objective, examples: Examples, blocks: list[Blo
         grads, i = [], 0
         for blk, count in zip(blocks, per_block, strict=True):
             parts = [torch.zeros_like(outs[i + j]) if got[i + j] is None else got[i + j] for j in range(count)]
-            grads.append(torch.cat([_tokens(g, b, blk.d_out) for g in parts], dim=1))
+            grads.append(torch.cat([_outputs(modules[blk.module], g, b) for g in parts], dim=1))
             i += count
         yield acts, grads, _diag_pseudo(objective, ex.batch, c, diag) if len(diag) else None
 
 
-def _tokens(x: Tensor, b: int, d: int) -> Tensor:
-    return x.reshape(b, -1, d)
+def _kronecker(module: nn.Module) -> bool:
+    """Layers with a Kronecker block: Linear, and Conv2d whose patches ``F.unfold`` reproduces."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str))
+
+
+def _inputs(module: nn.Module, x: Tensor, b: int) -> Tensor:
+    """``[b, T, d_in]``: a Linear's inputs (leading dims as tokens) or a Conv2d's unfolded patches."""
+    if isinstance(module, nn.Conv2d):
+        patches = torch.nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        return patches.transpose(1, 2)  # [b, positions, in_channels * kh * kw], the weight's column order
+    return x.reshape(b, -1, module.weight.shape[1])
+
+
+def _outputs(module: nn.Module, s: Tensor, b: int) -> Tensor:
+    """``[b, T, d_out]``: a layer's output (or its gradient), channels last for a Conv2d."""
+    if isinstance(module, nn.Conv2d):
+        return s.flatten(2).transpose(1, 2)
+    return s.reshape(b, -1, module.weight.shape[0])
 
 
 def _output_hessian_roots(objective: Objective, out: Tensor, batch, examples: Examples) -> Tensor:
@@ -204,7 +227,7 @@ class KroneckerFactors:
 
     Attributes:
         kind: ``"ekfac"`` or ``"kfac"``.
-        blocks: the Kronecker blocks (one per selected ``nn.Linear``).
+        blocks: the Kronecker blocks (one per selected ``nn.Linear`` / ``nn.Conv2d``).
         qa, qs: per block, eigenvectors of ``A`` (``[d_in1, d_in1]``) and ``S`` (``[d_out, d_out]``).
         eig: per block, curvature eigenvalues in that basis ``[d_out, d_in1]`` (``e_S e_A^T`` for K-FAC).
         diag_index, diag: the other parameters' flat indices and GGN diagonal.
