@@ -7,6 +7,7 @@ whose worker died is rerun on the restarted replica: units are pure, so the resu
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections import deque
@@ -60,10 +61,10 @@ class _Worker:
     def info(self) -> dict:
         return {**self.replica.info(), "node_id": self.node_id, "gpu_ids": self.gpu_ids, "fallback": self.fallback}
 
-    def run(self, method: str, *args: Any) -> tuple[Any, float]:
+    def run(self, method: str, *args: Any) -> tuple[Any, float, int]:
         t0 = time.perf_counter()
         out = getattr(self.replica, method)(*args)
-        return out, time.perf_counter() - t0
+        return out, time.perf_counter() - t0, os.getpid()
 
 
 class RayExecutor:
@@ -80,6 +81,7 @@ class RayExecutor:
         self.busy, self.failures = Busy(), 0
         self._deaths = [0] * scaling.num_workers
         self._epoch = [0] * scaling.num_workers  # bumped at each counted death of the worker
+        self._reported = [0] * scaling.num_workers  # deaths counted since the worker's process last changed
         bundle = scaling.bundle()
         self._pg = placement_group([bundle] * scaling.num_workers, strategy=scaling.placement_strategy)
         if not self._pg.wait(timeout_seconds=scaling.placement_timeout_s):
@@ -103,6 +105,7 @@ class RayExecutor:
         except BaseException:
             self.close()
             raise
+        self._pids = [info["pid"] for info in self.infos]
         for i, info in enumerate(self.infos):
             log.info("rayif worker %d on node %s (pid %s): device %s, GPU ids %s", i, info["node_id"][:12],
                      info["pid"], info["device"], info["gpu_ids"] or "none")
@@ -170,12 +173,26 @@ class RayExecutor:
             if _raw:
                 results[k] = out
             else:
-                results[k], seconds = out
+                results[k], seconds, pid = out
                 self.busy.add(w, calls[k].method, seconds)
+                self._check_process(w, pid, calls[k].method)
             left -= 1
         return results
 
-    def _died(self, w: int, method: str, error: Exception) -> None:
+    def _check_process(self, w: int, pid: int, method: str) -> None:
+        """A new process behind worker ``w`` is a death, even when Ray reported it only as "temporarily
+        unavailable" (then no death was counted for it yet)."""
+        if pid == self._pids[w]:
+            return
+        self._pids[w] = pid
+        if self._reported[w]:
+            self._reported[w] = 0
+            return
+        self._died(w, method, None)
+        self._reported[w] = 0
+
+    def _died(self, w: int, method: str, error: Exception | None) -> None:
+        self._reported[w] += 1
         self._deaths[w] += 1
         self._epoch[w] += 1
         self.failures += 1
