@@ -76,7 +76,7 @@ class Replica:
     def scale(self, config: LissaConfig, seed: int, factors: KroneckerFactors | None = None) -> float:
         """LiSSA's ``scale`` (given, or estimated by power iteration): one per job."""
         return config.scale or estimate_scale(self.objective, self.train, config, seed,
-                                              _precondition(factors, config))
+                                              kfac.preconditioner(factors, config))
 
     def factor_shape(self) -> tuple:
         """The Kronecker layout of the selected parameters (blocks, diagonal indices, weight decay)."""
@@ -109,7 +109,7 @@ class Replica:
                  chunk_size: int, factors: KroneckerFactors | None) -> tuple[Tensor, SolveStats]:
         if isinstance(solver, LissaConfig):
             return lissa_repetition(self.objective, self.train, v, solver, scale=scale, seed=seed,
-                                    repetition=repetition, precondition=_precondition(factors, solver))
+                                    repetition=repetition, precondition=kfac.preconditioner(factors, solver))
         key = (repr(solver), seed, chunk_size)  # exact builds its matrix once per replica
         if key not in self._solvers:
             self._solvers[key] = make_solver(self.objective, self.train, solver, seed=seed, chunk_size=chunk_size,
@@ -163,12 +163,6 @@ class Replica:
             self._grads[key] = g
             self._cached_bytes += size
         return g
-
-
-def _precondition(factors: KroneckerFactors | None, config: SolverConfig):
-    if factors is None or getattr(config, "preconditioner", None) is None:
-        return None
-    return lambda r: factors.inverse(r, config.damping)
 
 
 def check_ranges(n: int) -> list[tuple[int, int]]:

@@ -14,7 +14,7 @@ from ..data import Examples
 from ..grads import Objective
 from .cg import CGSolver
 from .exact import ExactSolver
-from .kfac import KroneckerFactors, fit_factors
+from .kfac import KroneckerFactors, fit_factors, preconditioner
 from .lissa import LissaSolver, estimate_scale, lissa_repetition
 from .stats import SolveStats
 
@@ -50,7 +50,7 @@ def make_solver(
     kind = config.preconditioner
     if kind is not None and factors is None:
         factors = fit_factors(objective, train, kind, chunk_size)
-    precondition = None if kind is None else (lambda r: factors.inverse(r, config.damping))
+    precondition = preconditioner(factors, config)
     if isinstance(config, EKFACConfig):
         return EKFACSolver(factors, config)
     if isinstance(config, CGConfig):

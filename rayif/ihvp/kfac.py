@@ -15,7 +15,7 @@ which the runner shards over its workers and sums in a fixed order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,11 +245,6 @@ class KroneckerFactors:
     weight_decay: float
     identity: dict = field(default_factory=dict)
 
-    @property
-    def num_params(self) -> int:
-        return sum((b.weight[1] - b.weight[0]) + (0 if b.bias is None else b.d_out) for b in self.blocks) + len(
-            self.diag_index)
-
     def inverse(self, vectors: Tensor, damping: float) -> Tensor:
         """``[m, p] -> [m, p]``: ``(F + (weight_decay + damping) I)^-1`` applied to each row."""
         lam = self.weight_decay + damping
@@ -294,6 +289,13 @@ class KroneckerFactors:
                         b["d_out"], b["d_in"]) for b in state["blocks"]]
         return cls(state["kind"], blocks, state["qa"], state["qs"], state["eig"], state["diag_index"],
                    state["diag"], state["weight_decay"], state["identity"])
+
+
+def preconditioner(factors: KroneckerFactors | None, config) -> Callable[[Tensor], Tensor] | None:
+    """``r -> (F + lambda I)^-1 r`` for a config with a ``preconditioner`` and ``damping`` (``None`` without)."""
+    if factors is None or getattr(config, "preconditioner", None) is None:
+        return None
+    return lambda r: factors.inverse(r, config.damping)
 
 
 def eigenbases(sums: dict) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
