@@ -58,7 +58,8 @@ class Replica:
         paying it at start overlaps it across workers instead of stalling the first unit."""
         one = self.train.take(slice(0, 1))
         self.objective.train_grads(one)
-        self.objective.hvp(self.objective.theta[None], one.to(self.device).batch)
+        # two vectors: the batched path's set-up, and its check for operations without a batching rule
+        self.objective.hvp(self.objective.theta[None].expand(2, -1).clone(), one.to(self.device).batch)
 
     def info(self) -> dict:
         o = self.objective
