@@ -193,12 +193,15 @@ def _check_divergence(history: list[Tensor], step: int, repetition: int, scale: 
     if not blew_up and len(history) > _GROWTH_WINDOW:
         w = torch.stack(history[-_GROWTH_WINDOW - 1 :])  # [W+1, m]
         # A converging recursion adds ever smaller increments (burn-in of a slow direction: nearly constant
-        # ones); a diverging one grows geometrically, its increments faster and faster.
+        # ones); a diverging one grows geometrically, its increments faster and faster. Sampled batches make
+        # constant increments jitter: with hundreds of test vectors, some vector's 5 increments rise in a row
+        # by chance (a 1.5x margin fired on the digits MLP at B=8), so the margin is 3x and the norm must
+        # quadruple. Slower divergence still meets the bound above.
         steady_rise = (w[1:] > w[:-1]).all(0)
-        doubled = w[-1] > 2 * w[0]
+        quadrupled = w[-1] > 4 * w[0]
         increments = w[1:] - w[:-1]
-        accelerating = (increments[1:] > increments[:-1]).all(0) & (increments[-1] > 1.5 * increments[0])
-        growing = growing or bool((steady_rise & doubled & accelerating).any())
+        accelerating = (increments[1:] > increments[:-1]).all(0) & (increments[-1] > 3 * increments[0])
+        growing = growing or bool((steady_rise & quadrupled & accelerating).any())
     if blew_up or growing:
         before = history[max(0, len(history) - _GROWTH_WINDOW - 1)]
         what = ("reached NaN/inf" if blew_up else
