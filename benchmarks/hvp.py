@@ -1,6 +1,6 @@
 """Curvature-vector products: time per vector against the number of vectors, old path against new, one run.
 
-    .venv/bin/python benchmarks/hvp.py            # about 6 minutes on 2 cores
+    .venv/bin/python benchmarks/hvp.py            # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/hvp.py --quick    # about 1 minute: 1, 16 and 256 vectors, float64 only
 
 Every product is the curvature of the mean training loss on one batch of 64 rows (LiSSA's default batch),

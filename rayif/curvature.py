@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -33,10 +33,21 @@ from torch.func import grad, jvp, vjp, vmap
 from .data import map_batch
 from .errors import RayifError
 
-if TYPE_CHECKING:
-    from .grads import Objective
-
 log = logging.getLogger("rayif.curvature")
+
+
+class Objective(Protocol):
+    """What the products need of a :class:`rayif.grads.Objective` (which sits above this module)."""
+
+    theta: Tensor
+    model: torch.nn.Module
+    task: Any
+    _product_paths: dict[str, str]
+
+    def train_losses(self, theta: Tensor, batch: Any) -> Tensor: ...
+    def outputs(self, theta: Tensor, batch: Any) -> Tensor: ...
+    def output_losses(self, outputs: Tensor, batch: Any) -> Tensor: ...
+    def params(self, theta: Tensor) -> dict[str, Tensor]: ...
 
 PATHS = ("batched", "autograd")
 
