@@ -19,11 +19,12 @@ in float64 and float32, on three paths:
   for activation and loss backwards (``tanh_backward``, log-softmax's, ``gelu_backward``, the double backward
   of a convolution, max-pooling's backward).
 * **new**: the Hessian as ``Objective.product`` computes it now: through ``torch.func`` (``vmap`` over
-  ``vjp`` of ``grad``), and for a single vector one plain double backward.
+  ``vjp`` of ``grad``), and below ``BATCHED_FROM`` (8) vectors the old path.
 * **ggn**: the Gauss-Newton product as ``Objective.product`` computes it (``torch.func``, as in 0.3).
 
-``--profile`` adds where the time of one LiSSA step goes on the digits CNN in float32 (a product for 50
-vectors on 64 rows, then the EK-FAC preconditioner): the profiler's table of operations.
+``--device cuda`` runs the products on a GPU (the models are trained on the CPU first). ``--profile`` adds
+where the time of one LiSSA step goes on the digits CNN in float32 (a product for 50 vectors on 64 rows,
+then the EK-FAC preconditioner): the profiler's table of operations.
 
 Before timing, each model's new product is checked against the old one (1e-10 relative in float64), and
 ``rayif.curvature.unbatched_op`` reports any operation without a batching rule. Times are medians of
@@ -54,36 +55,40 @@ ROWS = 64  # --rows
 PATHS = {"old": ("hessian", "autograd"), "new": ("hessian", None), "ggn": ("ggn", None)}
 
 
-def workloads(dtype: torch.dtype, rows: int):
+def workloads(dtype: torch.dtype, rows: int, device: str = "cpu"):
     """(name, Objective, batch) for each model, trained once."""
     npd = np.float64 if dtype == torch.float64 else np.float32
     sp = digits.load_digits_split(n_train=1000, n_test=200, dtype=npd)
-    batch = as_examples((sp.x_train[:rows], sp.y_train[:rows])).batch
+    batch = as_examples((sp.x_train[:rows], sp.y_train[:rows])).to(device).batch
     out = []
     for kind in ("mlp", "cnn"):
         task, _ = digits.digits_task(kind, sp, weight_decay=1e-3, dtype=dtype, max_iter=100)
-        out.append((f"digits {kind}", Objective(task), batch))
+        out.append((f"digits {kind}", Objective(task, device), batch))
     data = tokens.make_tokens(256)
     task = tokens.token_task(data, dtype=dtype, pretrain_steps=100)
-    tb = {k: torch.as_tensor(v) for k, v in data.batch(slice(0, rows)).items()}
-    out.append(("transformer top", Objective(task), tb))
+    tb = {k: torch.as_tensor(v, device=device) for k, v in data.batch(slice(0, rows)).items()}
+    out.append(("transformer top", Objective(task, device), tb))
     def every_layer():
         model = task.model_factory()
         for p in model.parameters():
             p.requires_grad_(True)
         return model
 
-    out.append(("transformer all", Objective(dataclasses.replace(task, model_factory=every_layer, params=None)), tb))
+    every = dataclasses.replace(task, model_factory=every_layer, params=None)
+    out.append(("transformer all", Objective(every, device), tb))
     return out
 
 
 def per_vector_us(obj: Objective, batch, m: int, curvature: str, path: str, budget_s: float) -> float:
-    v = torch.randn(m, obj.num_params, dtype=obj.dtype, generator=torch.Generator().manual_seed(m))
+    v = torch.randn(m, obj.num_params, dtype=obj.dtype, generator=torch.Generator().manual_seed(m)).to(obj.device)
+    sync = torch.cuda.synchronize if obj.device.type == "cuda" else (lambda: None)
     product(obj, v, batch, curvature, path=path)  # warm-up
     times: list[float] = []
     while len(times) < 3 and (sum(times) < budget_s or not times):
+        sync()
         t0 = time.perf_counter()
         product(obj, v, batch, curvature, path=path)
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) / m * 1e6
 
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of repeats per measurement (at most 3)")
     ap.add_argument("--rows", type=int, default=ROWS, help="rows per batch (LiSSA's B; 64 is its default)")
     ap.add_argument("--profile", action="store_true", help="profile one LiSSA step on the digits CNN (float32)")
+    ap.add_argument("--device", default="cpu", help="where the products run: cpu (default) or cuda")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/hvp.json)")
     args = ap.parse_args(argv)
     sizes = (1, 16, 256) if args.quick else (1, 4, 16, 64, 256)
@@ -131,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     rows, checks = [], []
     for dtype in dtypes:
-        for name, obj, batch in workloads(dtype, args.rows):
+        for name, obj, batch in workloads(dtype, args.rows, args.device):
             v = torch.randn(3, obj.num_params, dtype=obj.dtype, generator=torch.Generator().manual_seed(7))
+            v = v.to(obj.device)
             old = product(obj, v, batch, "hessian", path="autograd").double()
             new = product(obj, v, batch, "hessian", path="batched").double()
             err = float((new - old).norm() / old.norm())
@@ -152,13 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     print_table("checks: new Hessian product vs old (relative), operations without a batching rule", checks,
                 [("model", "model", "s"), ("dtype", "dtype", "s"), ("p", "p", "d"), ("new_vs_old", "rel. diff", ".1e"),
                  ("unbatched_hessian", "unbatched (H)", "s"), ("unbatched_ggn", "unbatched (GGN)", "s")])
-    print_table(f"microseconds per vector, one product on {args.rows} rows (median)", rows,
+    print_table(f"microseconds per vector, one product on {args.rows} rows (median), {args.device}", rows,
                 [("model", "model", "s"), ("dtype", "dtype", "s"), ("vectors", "vectors", "d"),
                  ("old", "old Hessian", ".0f"), ("new", "new Hessian", ".0f"), ("speedup", "x old", ".2f"),
                  ("ggn", "GGN", ".0f")])
     if args.profile:
         profile_lissa_step()
     name = "hvp" if args.rows == ROWS else f"hvp_rows{args.rows}"
+    name += "" if args.device == "cpu" else f"_{args.device}"
     write_json(name, {"rows_per_batch": args.rows, "checks": checks, "results": rows}, args.out)
     return 0
 
