@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .config import LissaConfig, SolverConfig
+from .curvature import BATCHED_FROM
 from .data import Examples
 from .errors import RayifError
 from .grads import Objective, require_finite_vectors
@@ -58,8 +59,9 @@ class Replica:
         paying it at start overlaps it across workers instead of stalling the first unit."""
         one = self.train.take(slice(0, 1))
         self.objective.train_grads(one)
-        # two vectors: the batched path's set-up, and its check for operations without a batching rule
-        self.objective.hvp(self.objective.theta[None].expand(2, -1).clone(), one.to(self.device).batch)
+        # enough vectors for the batched path: its set-up, and its check for operations without a batching rule
+        vectors = self.objective.theta[None].expand(BATCHED_FROM, -1).clone()
+        self.objective.hvp(vectors, one.to(self.device).batch)
 
     def info(self) -> dict:
         o = self.objective
