@@ -12,8 +12,8 @@ when every operation in it runs once on a batch of ``m``. Two paths compute them
   has no batching rule for most activation and loss backwards (``tanh_backward``, log-softmax's, a
   convolution's double backward, max-pooling's backward), which then run once per vector: at 256 vectors on
   64 rows it is 1.5x slower on the digits MLP and 3x on the digits CNN (float32, ``benchmarks/hvp.py``). It
-  runs below ``BATCHED_FROM`` vectors, where it is as fast, and for a model ``torch.func`` cannot take (an
-  ``autograd.Function`` without a forward-mode rule under the GGN); the log says so once.
+  runs Hessian products below ``BATCHED_FROM`` vectors, where it is as fast, and for a model ``torch.func``
+  cannot take (an ``autograd.Function`` without a forward-mode rule under the GGN); the log says so once.
 
 Operations without a batching rule still give the right product: ``vmap`` runs them once per vector. The
 first batched product of a replica checks for one (:func:`unbatched_op`) and logs once its name and the
@@ -51,9 +51,10 @@ class Objective(Protocol):
 
 PATHS = ("batched", "autograd")
 
-# Below this many vectors the autograd path is as fast or faster: torch.func's set-up costs about as much as
-# a few per-vector loops (benchmarks/hvp.py: 4 vectors, 0.7x on the digits MLP, 1.3x on the CNN; 64 vectors,
-# 1.0-3.3x). The rule depends on m alone, so a unit takes the same path on any worker.
+# Below this many vectors the autograd Hessian path is as fast or faster: torch.func's set-up costs about as
+# much as a few per-vector loops (benchmarks/hvp.py: 4 vectors, 0.7x on the digits MLP, 1.3x on the CNN; 64
+# vectors, 1.0-3.3x). The rule depends on m alone, so a unit takes the same path on any worker. GGN products
+# stay batched at any m: their autograd path is a per-vector fallback, not a faster one.
 BATCHED_FROM = 8
 
 _reported: set[tuple] = set()
@@ -63,14 +64,16 @@ def product(obj: Objective, vectors: Tensor, batch: Any, curvature: str = "hessi
             ) -> Tensor:
     """``[m, p]``: the curvature (``"hessian"`` or ``"ggn"``) of the mean training loss on ``batch`` times each
     row of ``vectors``. ``path``: ``"batched"`` or ``"autograd"`` to force one (benchmarks, tests); by default
-    the batched path from ``BATCHED_FROM`` vectors on, else (or for a model it cannot run) autograd."""
+    the batched path (for the Hessian from ``BATCHED_FROM`` vectors on), else (or for a model it cannot run)
+    autograd."""
     if curvature not in ("hessian", "ggn"):
         raise RayifError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
     fns = _PATHS[curvature]
     if path is not None:
         return fns[PATHS.index(path)](obj, vectors, batch)
     state = obj._product_paths
-    if state.get(curvature) == "autograd" or vectors.shape[0] < BATCHED_FROM:
+    few = curvature == "hessian" and vectors.shape[0] < BATCHED_FROM
+    if state.get(curvature) == "autograd" or few:
         return fns[1](obj, vectors, batch)
     if curvature not in state:
         try:
