@@ -2,10 +2,14 @@
 
     .venv/bin/python benchmarks/index_build.py            # 1,000,000 x 64 synthetic parquet, ~2 minutes
     .venv/bin/python benchmarks/index_build.py --rows 200000
+    .venv/bin/python benchmarks/index_build.py --source sketch   # gradient sketches (d = 256)
 
-The data: ``--rows`` rows of 64 float32 features in 16 parquet files (``x`` a fixed-size list, ``id``),
-written once to ``benchmarks/results/data`` and reused. The model: a small MLP 64-128-64-10 (ReLU); its
-features are the 64-d input of the last layer. Both builds make the same exact (flat L2) index with ids.
+The data: ``--rows`` rows of 64 float32 inputs and 10 float32 targets in 16 parquet files (``x``, ``y``
+fixed-size lists, ``id``), written once to ``benchmarks/results/data`` and reused. The model: a small MLP
+64-128-64-10 (ReLU), MSE loss. Features: the 64-d input of the last layer, into a flat L2 index. Sketches
+(``--source sketch``): the per-example gradient of all 17,226 parameters (stage 1 is the identity at this
+size), projected on a basis fitted from the first 2048 rows, into a flat inner-product index; the loop
+makes the same sketches with ``GradientSketch`` and the same basis.
 
 * **single process**: ``pyarrow`` reads each file in batches, the model runs on them (torch on every core),
   FAISS adds the features with their ids. Nothing else runs.
@@ -51,7 +55,7 @@ def write_data(rows: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = RESULTS / "data" / f"synthetic_{rows}x{DIM}"
+    out = RESULTS / "data" / f"synthetic_{rows}x{DIM}_y"
     if out.exists() and len(list(out.glob("*.parquet"))) == FILES:
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -60,10 +64,41 @@ def write_data(rows: int) -> Path:
     for f in range(FILES):
         lo, hi = f * per, min(rows, (f + 1) * per)
         x = rng.standard_normal((hi - lo, DIM), dtype=np.float32)
+        y = rng.standard_normal((hi - lo, 10), dtype=np.float32)
         table = pa.table({"id": np.arange(lo, hi, dtype=np.int64),
-                          "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)})
+                          "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM),
+                          "y": pa.FixedSizeListArray.from_arrays(pa.array(y.ravel()), 10)})
         pq.write_table(table, out / f"part-{f:03d}.parquet")
     return out
+
+
+def single_process_sketch(data: Path, task: Task, batch: int, config: IndexConfig):
+    """The same sketches in a plain loop: basis from the first ``basis_rows`` rows, then every batch."""
+    import faiss
+    import pyarrow.parquet as pq
+
+    from rayif.grads import Objective
+    from rayif.index.sketch import GradientSketch, Sketcher, fit_basis
+
+    obj = Objective(task)
+
+    def batches():
+        for f in sorted(data.glob("*.parquet")):
+            for b in pq.ParquetFile(f).iter_batches(batch_size=batch):
+                x = torch.from_numpy(b.column("x").flatten().to_numpy().reshape(-1, DIM))
+                y = torch.from_numpy(b.column("y").flatten().to_numpy().reshape(-1, 10))
+                yield b.column("id").to_numpy(), (x, y)
+
+    first = pq.ParquetFile(sorted(data.glob("*.parquet"))[0]).read_row_group(0).slice(0, config.basis_rows)
+    x = torch.from_numpy(first.column("x").combine_chunks().flatten().to_numpy().reshape(-1, DIM))
+    y = torch.from_numpy(first.column("y").combine_chunks().flatten().to_numpy().reshape(-1, 10))
+    stage1 = Sketcher(obj, config.sketch_width, config.seed)
+    basis = fit_basis(stage1.sketch((x, y)).detach().float(), config.sketch_dim)
+    gs = GradientSketch(obj, config.sketch_width, config.seed, basis)
+    index = faiss.index_factory(gs.dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
+    for ids, b in batches():
+        index.add_with_ids(gs.train(b), ids)
+    return index
 
 
 def single_process(data: Path, model: torch.nn.Module, batch: int):
@@ -148,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--batch-size", type=int, default=IndexConfig().batch_size)
-    ap.add_argument("--out", help="JSON path (default benchmarks/results/index_build.json)")
+    ap.add_argument("--source", choices=["features", "sketch"], default="features")
+    ap.add_argument("--out", help="JSON path (default benchmarks/results/index_build[_sketch].json)")
     args = ap.parse_args(argv)
+    config = IndexConfig(batch_size=args.batch_size, source=args.source)
     import ray
 
     data = write_data(args.rows)
@@ -162,21 +199,24 @@ def main(argv: list[str] | None = None) -> int:
         return m
 
     task = Task(model_factory=factory, loss=_mse)
-    index_mib = args.rows * (DIM * 4 + 8) / 2**20
-    print(f"{args.rows:,} rows x {DIM} in {FILES} parquet files; MLP 64-128-64-10; flat index ~{index_mib:.0f} MiB; "
-          f"torch threads {torch.get_num_threads()}")
+    dim = DIM if args.source == "features" else config.sketch_dim
+    index_mib = args.rows * (dim * 4 + 8) / 2**20
+    print(f"{args.rows:,} rows x {DIM} in {FILES} parquet files; MLP 64-128-64-10; {args.source}: flat index "
+          f"~{index_mib:.0f} MiB; torch threads {torch.get_num_threads()}")
 
     with RssPeak() as mem_single:
         t0 = time.perf_counter()
-        base = single_process(data, model, args.batch_size)
+        if args.source == "sketch":
+            base = single_process_sketch(data, task, args.batch_size, config)
+        else:
+            base = single_process(data, model, args.batch_size)
         single_s = time.perf_counter() - t0
     print(f"single process: {single_s:.2f} s")
-    del base
 
     ray.init(include_dashboard=False, log_to_driver=False)
     with RssPeak() as mem_ray:
         t0 = time.perf_counter()
-        idx = build_index(task, str(data), IndexConfig(batch_size=args.batch_size))
+        idx = build_index(task, str(data), config)
         ray_s = time.perf_counter() - t0
     first_s, first_rows = idx.meta["first_batch_seconds"], idx.meta["first_batch_rows"]
     steady = (args.rows - first_rows) / (ray_s - first_s)
@@ -184,7 +224,13 @@ def main(argv: list[str] | None = None) -> int:
           f"(pipeline start-up), then {steady:,.0f} rows/s")
     assert len(idx) == args.rows
 
-    ivf_s, recall, q_flat, q_ivf = _ivf_check(task, data, idx, args.batch_size)
+    if args.source == "sketch":  # the same vectors as the loop's (to float rounding)
+        probe = np.arange(0, args.rows, max(1, args.rows // 1000), dtype=np.int64)
+        diff = np.abs(idx.index.reconstruct_batch(probe) - base.reconstruct_batch(probe)).max()
+        print(f"largest difference between the pipeline's and the loop's sketches (1000 rows): {diff:.2e}")
+    del base
+    ivf_s, recall, q_flat, q_ivf = (None, {}, None, None) if args.source == "sketch" else _ivf_check(
+        task, data, idx, args.batch_size)
     rows = [
         {"method": "single-process loop", "seconds": single_s, "rows_s": args.rows / single_s, "ratio": 1.0,
          "own": mem_single.own, "total": mem_single.total},
@@ -200,17 +246,20 @@ def main(argv: list[str] | None = None) -> int:
                        ("total", "driver+workers MiB", ".0f")])
     print(f"\nrows/s ratio {single_s / ray_s:.2f} (goal >= 0.8); driver peak RSS {mem_ray.own:.0f} MiB vs index "
           f"{index_mib:.0f} MiB + 1024 (goal: at most {index_mib + 1024:.0f})")
-    print(f"IVF-Flat at the defaults (nlist {recall['nlist']}, nprobe {recall['nprobe']}): built in {ivf_s:.1f} s, "
-          f"recall@10 against flat {recall['recall']:.3f} over 1000 queries; search {q_flat:,.0f} queries/s flat, "
-          f"{q_ivf:,.0f} IVF")
-    write_json("index_build", {
-        "rows": args.rows, "dim": DIM, "files": FILES, "batch_size": args.batch_size, "index_mib": index_mib,
+    if recall:
+        print(f"IVF-Flat at the defaults (nlist {recall['nlist']}, nprobe {recall['nprobe']}): built in {ivf_s:.1f} "
+              f"s, recall@10 against flat {recall['recall']:.3f} over 1000 queries; search {q_flat:,.0f} queries/s "
+              f"flat, {q_ivf:,.0f} IVF")
+    write_json("index_build" if args.source == "features" else "index_build_sketch", {
+        "rows": args.rows, "dim": dim, "source": args.source, "files": FILES, "batch_size": args.batch_size,
+        "index_mib": index_mib,
         "single_process": {"seconds": single_s, "rows_per_s": args.rows / single_s, "peak_rss_mib": mem_single.own},
         "rayif": {"seconds": ray_s, "rows_per_s": args.rows / ray_s, "peak_rss_mib": mem_ray.own,
                   "peak_rss_with_workers_mib": mem_ray.total, "first_batch_seconds": first_s,
                   "steady_rows_per_s": steady},
         "ratio": single_s / ray_s,
-        "ivf_flat": {"build_seconds": ivf_s, **recall, "flat_queries_per_s": q_flat, "ivf_queries_per_s": q_ivf},
+        "ivf_flat": {"build_seconds": ivf_s, **recall, "flat_queries_per_s": q_flat, "ivf_queries_per_s": q_ivf}
+        if recall else None,
     }, args.out)
     return 0
 

@@ -90,10 +90,12 @@ def explain(
             rows then carry ``test_id = -1``.
         candidates: ``[m, k]`` training ids each test point may rank (``[1, k]`` with ``group``), ``k >= top``;
             each worker scores only the candidates in its own training shard.
-        index: a :class:`rayif.index.FeatureIndex` (``build_index``): each test point's ``k`` nearest training
-            rows become its candidates (FastIF's kNN preselection); with ``group=True`` the neighbours of the
-            test points' mean feature. A stale index is refused.
-        k: candidates per test point with ``index=``.
+        index: a :class:`rayif.index.FeatureIndex` (``build_index``). Of features: each test point's ``k``
+            nearest training rows become its candidates (FastIF's kNN preselection); with ``group=True`` the
+            neighbours of the test points' mean feature. Of gradient sketches (``IndexConfig(source="sketch")``):
+            once a test batch's ``s_test`` is solved, the ``k/2`` training rows of largest and the ``k/2`` of
+            smallest sketched influence (with ``group=True``, of the group's ``s_test``). A stale index is refused.
+        k: candidates per test point with ``index=`` (a sketch index: both sides together).
         scaling: a :class:`rayif.ScalingConfig` to run on Ray workers that each hold one model replica;
             ``None`` or ``num_workers=0``: this process.
         run_config: test batches, output folder and resume, progress, gradient cache, failure policy
@@ -113,8 +115,13 @@ def explain(
             raise RayifError("pass candidates= or index= (with k=), not both")
         if k is None or k < top:
             raise RayifError(f"index= needs k= candidates per test point, at least top={top}; got k={k}")
-        candidates = index.candidates(task, test_ex, k, group=group)
         source = {"source": "index", "index": index.fingerprint, "k": int(k)}
+        if getattr(index, "source", "features") == "sketch":
+            index.check_task(task)
+            job = Job(train_ex, test_ex, _solver(solver), seed, group, top, None, source, run,
+                      candidate_fn=lambda s: index.sketch_candidates(task, s, k))
+            return _run(task, job, scaling, address, "explain")
+        candidates = index.candidates(task, test_ex, k, group=group)
     elif k is not None:
         raise RayifError("k= takes an index= to find the candidates in")
     if candidates is not None:

@@ -67,33 +67,56 @@ def _recall(args: argparse.Namespace) -> int:
     import torch
 
     from . import RayifError, digits, write_parquet
-    from .index import IndexConfig, build_index, knn_recall, plot_recall
+    from .index import IndexConfig, build_index, candidate_recall, plot_recall
 
     split = digits.load_digits_split(n_train=1000, n_test=200, seed=args.seed)
     task, _ = digits.digits_task("mlp", split, weight_decay=1e-3, seed=args.seed, dtype=torch.float64)
-    out = Path(args.out)
-    index = build_index(task, (split.x_train, split.y_train), IndexConfig(kind=args.kind),
-                        path=out / f"digits-mlp-{args.kind}-index", num_rows=len(split.x_train))
+    out, train = Path(args.out), (split.x_train, split.y_train)
+    indexes = {}
+    for source in args.sources.split(","):
+        config = IndexConfig(kind=args.kind, source=source, sketch_dim=args.sketch_dim, seed=args.seed)
+        name = "feature kNN" if source == "features" else f"gradient sketch (d={args.sketch_dim})"
+        indexes[name] = build_index(task, train, config, path=out / f"digits-mlp-{source}-{args.kind}-index",
+                                    num_rows=len(split.x_train))
     ks = sorted({min(int(k), len(split.x_train)) for k in args.ks.split(",")})
     test = (split.x_test[: args.test_points], split.y_test[: args.test_points])
     t0 = time.perf_counter()
-    table = knn_recall(task, (split.x_train, split.y_train), test, index, ks, top=args.top,
-                       solver=_solver(args.solver), seed=args.seed)
-    print(f"recall of the top-{args.top} harmful (influence over all {len(split.x_train)} training digits, "
-          f"{args.solver}) among the k nearest in feature space ({args.kind} index), "
-          f"{args.test_points} test points, {time.perf_counter() - t0:.1f}s:")
-    print(f"{'k':>6} {'k/n':>6} {'mean':>6} {'min':>6} {'max':>6}")
+    table = candidate_recall(task, train, test, indexes, ks, top=args.top, solver=_solver(args.solver), seed=args.seed)
+    print(f"recall of the true top-{args.top} harmful and helpful (influence over all {len(split.x_train)} training "
+          f"digits, {args.solver}) among each index's k candidates ({args.kind} index), {args.test_points} test "
+          f"points, {time.perf_counter() - t0:.1f}s:")
+    print(f"{'index':<28} {'k':>6} {'k/n':>6} {'harmful':>8} {'(min)':>6} {'helpful':>8} {'(min)':>6}")
     for r in table.to_pylist():
-        print(f"{r['k']:>6} {r['fraction']:>6.1%} {r['recall_mean']:>6.3f} {r['recall_min']:>6.2f} "
-              f"{r['recall_max']:>6.2f}")
+        print(f"{r['index']:<28} {r['k']:>6} {r['fraction']:>6.1%} {r['harmful_mean']:>8.3f} {r['harmful_min']:>6.2f} "
+              f"{r['helpful_mean']:>8.3f} {r['helpful_min']:>6.2f}")
     write_parquet(table, out / "recall.parquet")
     print(f"wrote {out / 'recall.parquet'}")
     try:
-        png = plot_recall(table, out / "recall.png", title=f"digits MLP: top-{args.top} harmful among kNN")
+        png = plot_recall(table, out / "recall.png", title=f"digits MLP: true top-{args.top} among the k candidates")
     except RayifError as e:  # the table is the result; the picture is optional
         print(f"no PNG: {e}")
         return 0
     print(f"wrote {png}")
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from .data import read_examples
+    from .index import IndexConfig, build_index
+
+    task = _load_task(args.task)
+    n = len(read_examples(args.train, name="training data", input_column=args.input_column,
+                          target_column=args.target_column, id_column=args.id_column, dict_batch=task.dict_batches))
+    config = IndexConfig(kind=args.kind, source=args.source, sketch_dim=args.sketch_dim, use_gpu=args.gpu,
+                         seed=args.seed)
+    t0 = time.perf_counter()
+    idx = build_index(task, args.train, config, path=args.out, rebuild=args.rebuild, input_column=args.input_column,
+                      id_column=args.id_column, target_column=args.target_column, num_rows=n, address=args.address)
+    extra = ""
+    if idx.source == "sketch" and idx.meta["sketch"]["energy_kept"] is not None:
+        extra = f"; the basis keeps {idx.meta['sketch']['energy_kept']:.4f} of the sampled gradient energy"
+    print(f"{args.source} index ({args.kind}) of {len(idx)} x {idx.dim} in {args.out} "
+          f"({time.perf_counter() - t0:.1f}s{extra})")
     return 0
 
 
@@ -144,9 +167,11 @@ def _explain(args: argparse.Namespace) -> int:
     if args.k is not None:
         from .index import IndexConfig, build_index
 
-        index = build_index(task, args.train, IndexConfig(kind=args.index_kind, use_gpu=args.gpu),
-                            path=args.index_dir, input_column=args.input_column, id_column=args.id_column,
-                            num_rows=len(train), address=args.address)
+        config = IndexConfig(kind=args.index_kind, use_gpu=args.gpu, source=args.candidates,
+                             sketch_dim=args.sketch_dim)
+        index = build_index(task, args.train, config, path=args.index_dir, input_column=args.input_column,
+                            id_column=args.id_column, target_column=args.target_column, num_rows=len(train),
+                            address=args.address)
     out = Path(args.out)
     run = RunConfig(output_dir=str(out / "batches"), test_batch_size=args.test_batch_size)
     t0 = time.perf_counter()
@@ -154,7 +179,8 @@ def _explain(args: argparse.Namespace) -> int:
                     scaling=scaling, run_config=run, address=args.address, index=index, k=args.k)
     path = write_parquet(table, out / "influence.parquet")
     print(f"{len(test)} test points x top {args.top} harmful and helpful of {len(train)} training examples"
-          f"{f' (kNN k={args.k})' if args.k else ''} in {time.perf_counter() - t0:.1f}s -> {path}")
+          f"{f' ({args.candidates} candidates, k={args.k})' if args.k else ''} in {time.perf_counter() - t0:.1f}s "
+          f"-> {path}")
     return 0
 
 
@@ -194,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="a solver config field, e.g. damping=0.005, curvature=\"ggn\", tol=0.001 (repeatable)")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--group", action="store_true", help="one s_test for the mean test loss (group influence)")
-    ex.add_argument("--k", type=int, default=None, help="kNN candidates per test point (builds or reuses an index)")
+    ex.add_argument("--k", type=int, default=None, help="candidates per test point (builds or reuses an index)")
+    ex.add_argument("--candidates", choices=["features", "sketch"], default="features",
+                    help="with --k: the k nearest in feature space (FastIF) or the k/2 + k/2 of largest and "
+                         "smallest influence by gradient sketch")
+    ex.add_argument("--sketch-dim", type=int, default=256, help="dimension of a gradient sketch (--candidates sketch)")
     ex.add_argument("--index-dir", default=None, help="where the FAISS index is kept and reused")
     ex.add_argument("--index-kind", choices=["flat", "ivf_flat", "ivf_pq"], default="flat")
     ex.add_argument("--workers", type=int, default=2, help="Ray workers (0: this process only)")
@@ -202,12 +232,31 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     ex.add_argument("--test-batch-size", type=int, default=256)
     ex.set_defaults(run=_explain)
-    recall = sub.add_parser("recall", help="kNN recall of the most harmful training points (FastIF Fig. 3a), "
-                                           "digits MLP: table and PNG")
+    ix = sub.add_parser("index", help="build (or reuse) the FAISS index of a training set: features or gradient "
+                                      "sketches")
+    ix.add_argument("--task", required=True, help="module:callable returning a rayif.Task (zero arguments)")
+    ix.add_argument("--train", required=True, help="training parquet file or folder")
+    ix.add_argument("--out", required=True, help="index directory (index.faiss, meta.json)")
+    ix.add_argument("--source", choices=["features", "sketch"], default="features")
+    ix.add_argument("--kind", choices=["flat", "ivf_flat", "ivf_pq"], default="flat")
+    ix.add_argument("--sketch-dim", type=int, default=256)
+    ix.add_argument("--input-column", default="x")
+    ix.add_argument("--target-column", default="y")
+    ix.add_argument("--id-column", default="id")
+    ix.add_argument("--seed", type=int, default=0)
+    ix.add_argument("--rebuild", action="store_true", help="replace an index built otherwise")
+    ix.add_argument("--gpu", action="store_true")
+    ix.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    ix.set_defaults(run=_index)
+    recall = sub.add_parser("recall", help="recall of the truly most harmful and helpful training points among "
+                                           "feature-kNN and gradient-sketch candidates (FastIF Fig. 3a), digits "
+                                           "MLP: table and PNG")
     recall.add_argument("--test-points", type=int, default=50)
     recall.add_argument("--top", type=int, default=10, help="the true top-m harmful to look for")
     recall.add_argument("--ks", default="10,25,50,100,200,300,500,750,1000", help="comma-separated k values")
     recall.add_argument("--kind", choices=["flat", "ivf_flat", "ivf_pq"], default="flat")
+    recall.add_argument("--sources", default="features,sketch", help="comma-separated: features, sketch")
+    recall.add_argument("--sketch-dim", type=int, default=256)
     recall.add_argument("--solver", choices=SOLVERS, default="exact")
     recall.add_argument("--seed", type=int, default=0)
     recall.add_argument("--out", default="rayif-out")

@@ -41,8 +41,10 @@ FACTORS = "_rayif_factors.pt"
 
 @dataclass(frozen=True)
 class Job:
-    """What to compute. ``candidates [m, k]`` training ids per test point (``[1, k]`` with ``group``), and
-    ``candidate_source`` what they came from (an index fingerprint and ``k``), recorded in the manifest."""
+    """What to compute. ``candidates [m, k]`` training ids per test point (``[1, k]`` with ``group``), or
+    ``candidate_fn``, which maps a batch's ``s_test [b, p]`` to its ``[b, k]`` candidates (a gradient-sketch
+    index), and ``candidate_source`` what they came from (an index fingerprint and ``k``), recorded in the
+    manifest."""
 
     train: Examples
     test: Examples | None
@@ -53,6 +55,7 @@ class Job:
     candidates: np.ndarray | None = None
     candidate_source: dict | None = None
     run: RunConfig = RunConfig()
+    candidate_fn: Any = None
 
 
 class Runner:
@@ -72,7 +75,8 @@ class Runner:
         self.stats = SolveStats()
         self._factors: Any = None  # an executor handle to the fitted KroneckerFactors
         self._scale: float | None = None
-        self._sorter = None if job.candidates is None else np.argsort(job.train.ids)  # ids -> positions
+        ranked = job.candidates is not None or job.candidate_fn is not None
+        self._sorter = np.argsort(job.train.ids) if ranked else None  # ids -> positions
 
     # --- shared steps -----------------------------------------------------------------------------
 
@@ -198,12 +202,15 @@ class Runner:
                         "warnings above for the knob)", self.stats.capped, self.stats.solves)
         return [r for r, _ in results]
 
-    def _work(self, rows: np.ndarray):
+    def _work(self, rows: np.ndarray, s: torch.Tensor):
         """The scoring work of one batch: every chunk, or only the chunks holding its candidates."""
         n, chunk = len(self.job.train), self.run.chunk_size
-        if self.job.candidates is None:
+        if self.job.candidate_fn is not None:
+            cand = np.asarray(self.job.candidate_fn(s))
+        elif self.job.candidates is None:
             return chunk_grid(n, chunk)
-        cand = self.job.candidates[rows if not self.job.group else slice(None)]
+        else:
+            cand = self.job.candidates[rows if not self.job.group else slice(None)]
         return candidate_plan(candidate_positions(cand, self.job.train.ids, self._sorter), n, chunk)
 
     def score(self, batches: list[np.ndarray], s_tests: list[torch.Tensor]) -> list[TopInfluence]:
@@ -212,7 +219,7 @@ class Runner:
         calls, owner = [], []
         for b, (rows, s) in enumerate(zip(batches, s_tests, strict=True)):
             s_ref = self.ex.put(s)
-            for i, part in enumerate(shards(self._work(rows), w)):
+            for i, part in enumerate(shards(self._work(rows, s), w)):
                 if part:
                     calls.append(Call("score", (s_ref, part, self.job.top), worker=i))
                     owner.append(b)

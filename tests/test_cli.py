@@ -17,17 +17,25 @@ def test_demo_prints_and_writes_ranked_influence(ray_local, tmp_path, capsys):
     assert table.column_names == ["test_id", "kind", "rank", "train_id", "influence"]
 
 
-def test_recall_writes_a_monotone_curve_that_reaches_one(ray_local, tmp_path, capsys):
+def test_recall_writes_monotone_curves_for_both_index_kinds(ray_local, tmp_path, capsys):
     args = ["recall", "--test-points", "6", "--ks", "10,100,400,1000", "--out", str(tmp_path)]
     assert main(args) == 0
-    table = pq.read_table(tmp_path / "recall.parquet").to_pydict()
-    assert table["k"] == [10, 100, 400, 1000]
-    assert all(a <= b for a, b in zip(table["recall_mean"], table["recall_mean"][1:], strict=False))
-    assert table["recall_mean"][-1] == 1.0  # the whole training set holds every harmful point
+    table = pq.read_table(tmp_path / "recall.parquet").to_pylist()
+    for name in ("feature kNN", "gradient sketch (d=256)"):
+        mine = [r for r in table if r["index"] == name]
+        assert [r["k"] for r in mine] == [10, 100, 400, 1000]
+        for side in ("harmful", "helpful"):
+            curve = [r[f"{side}_mean"] for r in mine]
+            assert all(a <= b for a, b in zip(curve, curve[1:], strict=False)), (name, side, curve)
+    knn = [r for r in table if r["index"] == "feature kNN"]
+    assert knn[-1]["harmful_mean"] == 1.0  # the whole training set holds every harmful point
+    sketch = [r for r in table if r["index"] != "feature kNN"]
+    assert sketch[1]["harmful_mean"] > knn[1]["harmful_mean"]  # k = 100: the sketch finds more of them
     assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(args) == 0  # the second run reuses the persisted index
-    assert capsys.readouterr().out.count("recall of the top-10 harmful") == 2
-    assert (tmp_path / "digits-mlp-flat-index" / "index.faiss").exists()
+    assert main(args) == 0  # the second run reuses the persisted indexes
+    assert capsys.readouterr().out.count("recall of the true top-10 harmful and helpful") == 2
+    assert (tmp_path / "digits-mlp-features-flat-index" / "index.faiss").exists()
+    assert (tmp_path / "digits-mlp-sketch-flat-index" / "sketch_basis.pt").exists()
 
 
 def _digits_parquet(folder, n_test: int):

@@ -1,4 +1,5 @@
-"""IndexConfig: which FAISS index holds the training features, and how the Ray Data pipeline fills it."""
+"""IndexConfig: what a FAISS index holds of the training set (features or gradient sketches), which FAISS index
+type, and how the Ray Data pipeline fills it."""
 
 from __future__ import annotations
 
@@ -9,17 +10,23 @@ from ..errors import RayifError
 
 KINDS = ("flat", "ivf_flat", "ivf_pq")
 METRICS = ("l2", "ip")
+SOURCES = ("features", "sketch")
 
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """A FAISS index over the training set's features (the task's final representation).
+    """A FAISS index over the training set: its features (FastIF's kNN) or sketches of its gradients.
 
     Attributes:
+        source: ``"features"``: the task's features (its final representation), searched for each test
+            point's nearest neighbours (FastIF). ``"sketch"``: a ``sketch_dim``-dimensional linear sketch of
+            each training example's loss gradient (``rayif.index.sketch``), searched by inner product with
+            the sketch of ``s_test``: the candidates are the points of largest approximate influence. Needs
+            ``metric="ip"`` (its default).
         kind: ``"flat"``: exact search, FastIF's choice; ``"ivf_flat"``: inverted lists, for large ``n``;
             ``"ivf_pq"``: inverted lists with product-quantised vectors, the smallest in memory.
         metric: ``"l2"`` (squared Euclidean distance, smaller is nearer) or ``"ip"`` (inner product,
-            larger is nearer).
+            larger is nearer); ``None``: ``"l2"`` for features, ``"ip"`` for sketches.
         nlist: IVF cells; ``None``: ``round(sqrt(n))`` clamped so every cell has >= 39 training rows.
         nprobe: IVF cells visited per query; recall rises and speed falls with it. ``None``:
             ``max(8, nlist // 16)`` (at most ``nlist``); see the README for the recall it gave.
@@ -33,11 +40,16 @@ class IndexConfig:
             one; falls back to CPU with a log line.
         max_actors: upper bound of the autoscaling feature-actor pool; ``None``: as many as the cluster's
             free CPUs (or GPUs) allow while leaving one CPU for Ray Data's read tasks.
-        seed: the order parquet files are read in for IVF, and the IVF k-means.
+        seed: the order parquet files are read in for IVF, the IVF k-means, and the sketch's random stage.
+        sketch_dim: ``d``, the dimension of a sketch (``source="sketch"``): the top ``d`` directions of the
+            sampled training gradients (fewer if they span fewer). Index memory: ``4 d`` bytes per row.
+        sketch_width: the first, random stage's dimension; the identity when the selected parameters number
+            no more than this (their gradients then go to the second stage as they are).
+        basis_rows: training rows (the first ones out of the pipeline) whose sketches fit the second stage.
     """
 
     kind: str = "flat"
-    metric: str = "l2"
+    metric: str | None = None
     nlist: int | None = None
     nprobe: int | None = None
     train_size: int = 100_000
@@ -47,8 +59,19 @@ class IndexConfig:
     use_gpu: bool = False
     max_actors: int | None = None
     seed: int = 0
+    source: str = "features"
+    sketch_dim: int = 256
+    sketch_width: int = 32768
+    basis_rows: int = 2048
 
     def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise RayifError(f"IndexConfig.source must be one of {SOURCES}, got {self.source!r}")
+        if self.metric is None:
+            object.__setattr__(self, "metric", "ip" if self.source == "sketch" else "l2")
+        if self.source == "sketch" and self.metric != "ip":
+            raise RayifError("a gradient sketch is searched by inner product (influence is one): "
+                             "IndexConfig(source='sketch') needs metric='ip' (or None)")
         if self.kind not in KINDS:
             raise RayifError(f"IndexConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if self.metric not in METRICS:
@@ -57,7 +80,7 @@ class IndexConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise RayifError(f"IndexConfig.{name} must be >= 1 or None, got {v}")
-        for name in ("train_size", "pq_m", "pq_bits", "batch_size"):
+        for name in ("train_size", "pq_m", "pq_bits", "batch_size", "sketch_dim", "sketch_width", "basis_rows"):
             if getattr(self, name) < 1:
                 raise RayifError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
 

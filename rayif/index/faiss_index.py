@@ -1,4 +1,5 @@
-"""The FAISS index of training features: build from the Ray Data stream, persist, reload, query."""
+"""The FAISS index of the training set (features or gradient sketches): build from the Ray Data stream,
+persist, reload, query."""
 
 from __future__ import annotations
 
@@ -24,39 +25,50 @@ from .features import feature_batches, parquet_paths
 
 log = logging.getLogger("rayif")
 
-INDEX_FILE, META_FILE = "index.faiss", "meta.json"
+INDEX_FILE, META_FILE, BASIS_FILE = "index.faiss", "meta.json", "sketch_basis.pt"
 FORMAT = 1
 
 
-def feature_name(task: Task) -> str:
+def feature_name(task: Task, config: IndexConfig | None = None) -> str:
+    if config is not None and config.source == "sketch":
+        return "gradient_sketch"
     f = task.features
     return "last_linear_input" if f is None else f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', f)}"
 
 
 @dataclass
 class FeatureIndex:
-    """Training features in a FAISS index whose ids are the training ids.
+    """Training features, or training-gradient sketches (``meta["source"]``), in a FAISS index whose ids are
+    the training ids.
 
     ``index`` is a plain FAISS index (``IndexIDMap2`` over flat, or IVF with ids): ``faiss.read_index`` of
-    the saved file returns training ids from ``search`` without rayif.
+    the saved file returns training ids from ``search`` without rayif. A sketch index keeps its second-stage
+    basis in ``basis`` (saved as ``sketch_basis.pt``).
     """
 
     index: Any
     meta: dict
+    basis: Any = None
     _gpu: Any = field(default=None, init=False, repr=False)  # the GPU copy searches use, made on first search
+    _sketch: Any = field(default=None, init=False, repr=False)  # the driver's GradientSketch, made on first query
 
     @property
     def fingerprint(self) -> str:
         """sha256 of what the index holds (model, feature function, kind, config, rows): a job's candidate
         source in its manifest."""
         keep = {k: self.meta.get(k) for k in ("kind", "metric", "dim", "rows", "nlist", "nprobe", "model_fingerprint",
-                                                "feature_fn")}
+                                                "feature_fn", "sketch")}
         keep["config"] = {k: v for k, v in self.meta.get("config", {}).items() if k not in _RUNTIME}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
     @property
     def dim(self) -> int:
         return int(self.meta["dim"])
+
+    @property
+    def source(self) -> str:
+        """``"features"`` or ``"sketch"``."""
+        return self.meta.get("source", "features")
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -86,13 +98,39 @@ class FeatureIndex:
         """``[m, k]`` training ids nearest each test point in feature space (FastIF's kNN preselection).
 
         ``group=True``: one row, the neighbours of the mean feature of all test points (FastIF's query for
-        a group of test points).
+        a group of test points). A sketch index ranks by ``s_test`` instead: :meth:`sketch_candidates`.
         """
+        if self.source == "sketch":
+            raise RayifError("a gradient-sketch index finds candidates from s_test, not from the test points' "
+                             "features: pass it to explain(index=..., k=...), or call "
+                             "sketch_candidates(task, s_test, k)")
         ex = test if isinstance(test, Examples) else as_examples(test, name="test data", dict_batch=task.dict_batches)
         f = self.features_of(task, ex)
         if group:
             f = f.mean(0, keepdims=True)
         return self.search(f, k)[0]
+
+    def sketch_candidates(self, task: Task, s_test: torch.Tensor, k: int) -> np.ndarray:
+        """``[m, k]`` training ids for ``s_test [m, p]``: the ``ceil(k/2)`` largest sketched influence
+        ``-sketch(s_test) . sketch(grad L(z))`` (harmful side), then the ``floor(k/2)`` smallest (helpful side).
+        The two halves can share ids only when ``k`` is close to the training set's size."""
+        if self.source != "sketch":
+            raise RayifError("sketch_candidates needs an index built with IndexConfig(source='sketch')")
+        if not 2 <= k <= 2 * len(self):
+            raise RayifError(f"k={k} candidates asked of a sketch index of {len(self)} rows: k must be in "
+                             f"[2, {2 * len(self)}] (half harmful, half helpful, each at most the training size)")
+        if self._sketch is None:
+            from ..grads import Objective
+            from .sketch import GradientSketch
+
+            obj = Objective(task)
+            self.check_task(task, obj.model)
+            self._sketch = GradientSketch(obj, self.meta["sketch"]["width"], self.meta["sketch"]["seed"], self.basis)
+        q = self._sketch.query(s_test)
+        harmful = self.search(-q, k - k // 2)[0]
+        if k // 2 == 0:
+            return harmful
+        return np.concatenate([harmful, self.search(q, k // 2)[0]], axis=1)
 
     def features_of(self, task: Task, ex: Examples, chunk_size: int = 4096) -> np.ndarray:
         model = task.build_model()
@@ -105,7 +143,11 @@ class FeatureIndex:
 
         ``model``: the task's replica when the caller has built one already.
         """
-        got = {"model_fingerprint": model_fingerprint(model or task.build_model()), "feature_fn": feature_name(task)}
+        model = model or task.build_model()
+        got = {"model_fingerprint": model_fingerprint(model),
+               "feature_fn": "gradient_sketch" if self.source == "sketch" else feature_name(task)}
+        if self.source == "sketch":  # the parameters the sketch covers are the task's selection
+            got["sketch_params"] = task.selected_params(model)
         diff = [k for k, v in got.items() if self.meta.get(k) != v]
         if diff:
             raise RayifError(f"this index is stale: it was built with a different {' and '.join(diff)} "
@@ -127,6 +169,10 @@ class FeatureIndex:
         d.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(d / (INDEX_FILE + ".tmp")))
         (d / (INDEX_FILE + ".tmp")).rename(d / INDEX_FILE)
+        if self.basis is not None:
+            torch.save({"u": self.basis.u, "energy_kept": self.basis.energy_kept, "rows": self.basis.rows},
+                       d / (BASIS_FILE + ".tmp"))
+            (d / (BASIS_FILE + ".tmp")).rename(d / BASIS_FILE)
         (d / META_FILE).write_text(json.dumps(self.meta, indent=1))
         return d
 
@@ -141,7 +187,17 @@ class FeatureIndex:
         meta = json.loads((d / META_FILE).read_text())
         if meta.get("format") != FORMAT:
             raise RayifError(f"{d}: index format {meta.get('format')} is not this rayif's {FORMAT}; rebuild it")
-        idx = cls(faiss.read_index(str(d / INDEX_FILE)), meta)
+        basis = None
+        if meta.get("sketch", {}).get("basis_sha256"):
+            from .sketch import Basis
+
+            if not (d / BASIS_FILE).exists():
+                raise RayifError(f"{d} holds a sketch index without its {BASIS_FILE}; rebuild it")
+            state = torch.load(d / BASIS_FILE, weights_only=True)
+            basis = Basis(state["u"], float(state["energy_kept"]), int(state["rows"]))
+            if basis.digest() != meta["sketch"]["basis_sha256"]:
+                raise RayifError(f"{d}: {BASIS_FILE} is not the basis this index was built with; rebuild it")
+        idx = cls(faiss.read_index(str(d / INDEX_FILE)), meta, basis)
         if idx.index.ntotal != meta["rows"] or idx.index.d != meta["dim"]:
             raise RayifError(f"{d}: {INDEX_FILE} ({idx.index.ntotal} x {idx.index.d}) does not match {META_FILE} "
                              f"({meta['rows']} x {meta['dim']}); rebuild it")
@@ -155,11 +211,13 @@ class FeatureIndex:
 
 def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, path: str | Path | None = None,
                 rebuild: bool = False, input_column: str | Sequence[str] = "x", id_column: str = "id",
-                num_rows: int | None = None, address: str | None = None) -> FeatureIndex:
-    """Stream the training set through the model (Ray Data actors) into a FAISS index.
+                num_rows: int | None = None, address: str | None = None, target_column: str = "y") -> FeatureIndex:
+    """Stream the training set through the model (Ray Data actors) into a FAISS index of its features or,
+    with ``IndexConfig(source="sketch")``, of sketches of its per-example gradients.
 
     Args:
-        task: its ``features`` (default: the input of the last ``nn.Linear``) map inputs to ``[b, d]``.
+        task: its ``features`` (default: the input of the last ``nn.Linear``) map inputs to ``[b, d]``; a
+            sketch differentiates its training loss in its selected parameters.
         train: a ``ray.data.Dataset`` or parquet path(s) with ``input_column`` and an integer ``id_column``,
             or in-memory ``(inputs, targets)`` / ``Examples`` (ids: their ids, default row positions).
         config: the index type and the pipeline; default exact L2 (``IndexConfig()``).
@@ -168,11 +226,12 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
             refused unless ``rebuild=True``.
         num_rows: the training set's row count when known, checked against a reused index.
         address: the Ray cluster to build on; default ``RAY_ADDRESS``, else a local Ray started here.
+        target_column: (sketch, ``loss`` tasks, parquet or a Dataset) the targets the loss takes.
     """
     config = config or IndexConfig()
     if path is not None and (Path(path) / META_FILE).exists() and not rebuild:
         idx = FeatureIndex.load(path, task, num_rows=num_rows)
-        saved = idx.meta.get("config", {})
+        saved = {**asdict(IndexConfig(source=idx.source)), **idx.meta.get("config", {})}  # fields added later
         if {k: v for k, v in saved.items() if k not in _RUNTIME} != {
                 k: v for k, v in asdict(config).items() if k not in _RUNTIME}:
             raise RayifError(f"{path} holds an index built with another IndexConfig ({saved}); pass "
@@ -181,29 +240,105 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
         return idx
     ensure_ray(address)
     t0 = time.perf_counter()
+    sketch, basis, extra = None, None, {}
+    if config.source == "sketch":
+        sketch, basis, extra = _sketch_stage(task, train, config, input_column, id_column, target_column)
     builder = _Builder(config, _dataset_rows(train))
     first = None
-    stream = feature_batches(task, train, config, input_column=input_column, id_column=id_column)
+    stream = feature_batches(task, train, config, input_column=input_column, id_column=id_column,
+                             target_column=target_column, sketch=sketch)
     with closing(stream):  # a batch the builder refuses still stops the pipeline (see feature_batches)
         for ids, feats in stream:
             if first is None:
                 first = (time.perf_counter() - t0, len(ids))
             builder.add(ids, feats)
     index = builder.finish()
-    meta = {"format": FORMAT, "kind": config.kind, "metric": config.metric, "dim": builder.dim,
-            "rows": int(index.ntotal), "nlist": builder.nlist, "nprobe": builder.nprobe,
-            "model_fingerprint": model_fingerprint(task.build_model()), "feature_fn": feature_name(task),
+    meta = {"format": FORMAT, "source": config.source, "kind": config.kind, "metric": config.metric,
+            "dim": builder.dim, "rows": int(index.ntotal), "nlist": builder.nlist, "nprobe": builder.nprobe,
+            "model_fingerprint": model_fingerprint(task.build_model()), "feature_fn": feature_name(task, config),
             "config": asdict(config), "build_seconds": round(time.perf_counter() - t0, 3),
-            "first_batch_seconds": round(first[0], 3), "first_batch_rows": first[1]}
-    idx = FeatureIndex(index, meta)
-    log.info("built a %s FAISS index of %d x %d in %.1fs (%s)", config.kind, len(idx), builder.dim,
-             meta["build_seconds"], _faiss_where())
+            "first_batch_seconds": round(first[0], 3), "first_batch_rows": first[1], **extra}
+    idx = FeatureIndex(index, meta, basis)
+    log.info("built a %s FAISS index of %d x %d %s in %.1fs (%s)", config.kind, len(idx), builder.dim,
+             config.source, meta["build_seconds"], _faiss_where())
     if path is not None:
         idx.save(path)
     return idx
 
 
 _RUNTIME = ("batch_size", "use_gpu", "max_actors")  # how it was built, not what was built
+
+
+def _sketch_stage(task: Task, train: Any, config: IndexConfig, input_column, id_column: str, target_column: str
+                  ) -> tuple[dict, Any, dict]:
+    """What the sketching actors need (``{"width", "seed", "basis"}``), the fitted second-stage basis and the
+    index metadata describing both. The basis is fitted here, on the driver, from the stage-1 sketches of the
+    first ``basis_rows`` training rows."""
+    import ray.data
+
+    from .features import FeatureActor, training_dataset
+    from .sketch import fit_basis
+
+    sketch = {"width": config.sketch_width, "seed": config.seed}
+    actor = FeatureActor(task, input_column, id_column, False, {**sketch, "basis": None}, target_column)
+    stage1 = actor.sketch.stage1
+    basis = None
+    if config.sketch_dim < stage1.dim:
+        if not isinstance(train, ray.data.Dataset) and parquet_paths(train) is None:  # in memory
+            ex = train if isinstance(train, Examples) else as_examples(train, name="training data",
+                                                                       dict_batch=task.dict_batches)
+            batches = [c.batch for c in ex.take(slice(0, config.basis_rows)).chunks(config.batch_size)]
+        else:
+            batches = None
+            if parquet_paths(train) is not None:  # the first rows of the files in sorted order: a fixed sample
+                try:
+                    batches = [actor.batch(t)[1] for t in _head_of_parquet(parquet_paths(train), config.basis_rows)]
+                except (OSError, ValueError):  # a remote URI: through Ray Data, as a Dataset
+                    batches = None
+        if batches is None:  # a Dataset: its first rows in its own order (Ray Data keeps it with preserve_order)
+            cols = {"input_column": None if task.dict_batches else input_column, "id_column": id_column,
+                    "target_column": None if task.dict_batches else target_column}
+            ctx = ray.data.DataContext.get_current()  # a Dataset copies the context when made: set it first
+            saved, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+            try:
+                ds, _ = training_dataset(train, **cols)
+                tables = ray.get(ds.limit(config.basis_rows).to_arrow_refs())
+            finally:
+                ctx.execution_options.preserve_order = saved
+            batches = [actor.batch(t)[1] for t in tables if t.num_rows]
+        if not batches:
+            raise RayifError("the training data is empty: no rows to index")
+        sample = torch.cat([stage1.sketch(b).detach().float() for b in batches])
+        basis = fit_basis(sample, config.sketch_dim)
+        del sample
+        log.info("rayif sketch: basis of %d directions from %d training rows keeps %.4f of their gradient energy",
+                 basis.dim, basis.rows, basis.energy_kept)
+    extra = {"sketch": {**stage1.describe(), "basis_sha256": None if basis is None else basis.digest(),
+                        "basis_dim": None if basis is None else basis.dim,
+                        "energy_kept": None if basis is None else basis.energy_kept,
+                        "basis_rows": None if basis is None else basis.rows},
+             "sketch_params": list(stage1.obj.names)}
+    return {**sketch, "basis": basis}, basis, extra
+
+
+def _parquet_files(paths: list[str]) -> list[Path]:
+    return [f for p in paths for f in (sorted(Path(p).glob("**/*.parquet")) if Path(p).is_dir() else [Path(p)])]
+
+
+def _head_of_parquet(paths: list[str], rows: int) -> list:
+    """Arrow tables of the first ``rows`` rows of parquet ``paths`` (folders in sorted file order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out, left = [], rows
+    for f in _parquet_files(paths):
+        for b in pq.ParquetFile(f).iter_batches(batch_size=min(left, 4096)):
+            t = pa.Table.from_batches([b]).slice(0, left)
+            out.append(t)
+            left -= t.num_rows
+            if left <= 0:
+                return out
+    return out
 
 
 def _dataset_rows(train: Any) -> int | None:
@@ -213,8 +348,7 @@ def _dataset_rows(train: Any) -> int | None:
         import pyarrow.parquet as pq
 
         try:
-            files = [f for p in paths for f in (sorted(Path(p).glob("**/*.parquet")) if Path(p).is_dir() else [p])]
-            return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            return sum(pq.ParquetFile(f).metadata.num_rows for f in _parquet_files(paths))
         except (OSError, ValueError):  # remote URIs and the like: the stream will tell
             return None
     return None

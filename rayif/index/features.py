@@ -1,4 +1,5 @@
-"""The Ray Data pipeline: training rows in, ``(id, feature)`` batches out, computed by model-holding actors."""
+"""The Ray Data pipeline: training rows in, ``(id, vector)`` batches out, computed by model-holding actors; the
+vector is the task's features or a sketch of the example's loss gradient (``IndexConfig.source``)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ log = logging.getLogger("rayif")
 
 
 def training_dataset(data: Any, *, input_column: str | Sequence[str] = "x", id_column: str = "id",
-                     shuffle_files_seed: int | None = None):
+                     shuffle_files_seed: int | None = None, target_column: str | None = None):
     """The training set as a ``ray.data.Dataset`` with an integer id column.
 
     ``data``: a ``ray.data.Dataset`` or parquet path(s), which must carry ``id_column`` (ids of rows read in
     parallel are only stable if they are in the data), or in-memory arrays / ``Examples`` / a mapping,
-    whose ids default to row positions. ``shuffle_files_seed``: read parquet files in a seeded random order.
+    whose ids default to row positions (their targets, if any, become column ``y``). ``shuffle_files_seed``:
+    read parquet files in a seeded random order. ``target_column``: a column the rows must also carry.
     """
     import ray.data
 
@@ -41,7 +43,7 @@ def training_dataset(data: Any, *, input_column: str | Sequence[str] = "x", id_c
         return ray.data.from_arrow(_arrow_blocks(ex, id_column)), ("x" if isinstance(ex.batch, tuple) else None)
     names = ds.schema().names if ds.schema() is not None else []
     wanted = [id_column, *([] if input_column is None else [input_column] if isinstance(input_column, str)
-                           else input_column)]
+                           else input_column), *([] if target_column is None else [target_column])]
     missing = [c for c in wanted if c not in names]
     if missing:
         hint = (f" (give every row a stable integer id, e.g. its position, as column {id_column!r})"
@@ -60,11 +62,11 @@ def parquet_paths(data: Any) -> list[str] | None:
 
 
 def _arrow_blocks(ex: Examples, id_column: str, rows: int = 16_384) -> list:
-    """In-memory examples as Arrow tables of ``rows`` rows: ``id_column`` and ``x`` (the inputs of an
+    """In-memory examples as Arrow tables of ``rows`` rows: ``id_column``, and ``x`` and ``y`` (an
     ``(inputs, targets)`` batch) or every column of a dict batch, as nested fixed-size lists."""
     import pyarrow as pa
 
-    columns = {"x": ex.inputs} if isinstance(ex.batch, tuple) else dict(ex.batch)
+    columns = {"x": ex.inputs, "y": ex.targets} if isinstance(ex.batch, tuple) else dict(ex.batch)
     blocks = []
     for start in range(0, len(ex), rows):
         table = {id_column: ex.ids[start : start + rows]}
@@ -79,36 +81,64 @@ def _arrow_blocks(ex: Examples, id_column: str, rows: int = 16_384) -> list:
 
 
 class FeatureActor:
-    """Holds one model replica; ``__call__`` maps a batch of rows to their ids and features ``[b, d]``."""
+    """Holds one model replica; ``__call__`` maps a batch of rows to their ids and vectors ``[b, d]``: the
+    task's features, or (with ``sketch``) sketches of the rows' training-loss gradients."""
 
-    def __init__(self, task: Task, input_column: str | Sequence[str], id_column: str, use_gpu: bool):
+    def __init__(self, task: Task, input_column: str | Sequence[str], id_column: str, use_gpu: bool,
+                 sketch: dict | None = None, target_column: str = "y"):
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         if use_gpu and self.device == "cpu":
             log.warning("rayif feature actor: asked for a GPU but torch sees no CUDA device: features on CPU")
         self.task, self.input_column, self.id_column = task, input_column, id_column
+        self.target_column = target_column
         self.model = task.build_model(self.device)
+        self.sketch = None
+        if sketch is not None:
+            from ..grads import Objective
+            from .sketch import GradientSketch
 
-    def __call__(self, batch) -> dict[str, np.ndarray]:
+            self.sketch = GradientSketch(Objective(task, self.device, self.model), sketch["width"], sketch["seed"],
+                                         sketch.get("basis"))
+
+    def batch(self, table) -> tuple[np.ndarray, Any]:
+        """``(ids [b], the model's batch)`` of an Arrow table of rows."""
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.require(a, requirements=["C", "W"])).to(self.device)
 
+        wanted = [self.id_column] + ([] if self.task.dict_batches else
+                                     [self.input_column] if isinstance(self.input_column, str) else
+                                     list(self.input_column))
+        wanted += [self.target_column] if self.sketch is not None and not self.task.dict_batches else []
+        missing = [c for c in wanted if c not in table.column_names]
+        if missing:
+            raise RayifError(f"training data has no column(s) {missing}; its columns are {table.column_names}")
         if self.task.dict_batches:  # every column but the id is part of the model's batch
-            x = {c: tensor(arrow_to_numpy(batch, c)) for c in batch.column_names if c != self.id_column}
+            x = {c: tensor(arrow_to_numpy(table, c)) for c in table.column_names if c != self.id_column}
         else:
-            x = tensor(arrow_inputs(batch, self.input_column))
-        with torch.no_grad():
-            f = self.task.compute_features(self.model, x)
-        ids = arrow_to_numpy(batch, self.id_column)
+            x = tensor(arrow_inputs(table, self.input_column))
+            if self.sketch is not None:  # the loss needs the targets too
+                x = (x, tensor(arrow_to_numpy(table, self.target_column)))
+        ids = arrow_to_numpy(table, self.id_column)
         if not np.issubdtype(ids.dtype, np.integer):
             raise RayifError(f"id column {self.id_column!r} must hold integers, got {ids.dtype}")
-        return {"id": ids.astype(np.int64), "feature": f.float().cpu().numpy()}
+        return ids.astype(np.int64), x
+
+    def __call__(self, table) -> dict[str, np.ndarray]:
+        ids, x = self.batch(table)
+        if self.sketch is not None:
+            return {"id": ids, "feature": self.sketch.train(x)}
+        with torch.no_grad():
+            f = self.task.compute_features(self.model, x)
+        return {"id": ids, "feature": f.float().cpu().numpy()}
 
 
 def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column: str | Sequence[str] = "x",
-                    id_column: str = "id") -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Stream ``(ids [b], features [b, d] float32)`` for every training row, through Ray Data actors.
+                    id_column: str = "id", target_column: str = "y", sketch: dict | None = None
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream ``(ids [b], vectors [b, d] float32)`` for every training row, through Ray Data actors: features,
+    or with ``sketch`` (``{"width", "seed", "basis"}``) gradient sketches.
 
-    The rows never gather on the driver: only their features arrive here, a batch at a time.
+    The rows never gather on the driver: only their vectors arrive here, a batch at a time.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -128,14 +158,18 @@ def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column:
             input_column = None
             if parquet_paths(data) is None and not isinstance(data, ray.data.Dataset):
                 data = as_examples(data, name="training data", dict_batch=True)
+        wants_target = sketch is not None and not task.dict_batches
         ds, input_column = training_dataset(data, input_column=input_column, id_column=id_column,
-                                            shuffle_files_seed=seed)
+                                            shuffle_files_seed=seed,
+                                            target_column=target_column if wants_target else None)
+        if wants_target and parquet_paths(data) is None and not isinstance(data, ray.data.Dataset):
+            target_column = "y"  # in-memory examples carry their targets as y
         size, per_actor = _pool_size(ray.available_resources(), config)
         log.info("rayif features: Ray Data actor pool of 1..%d actors, %s each", size, per_actor)
         feats = ds.map_batches(
             FeatureActor,
             fn_constructor_kwargs={"task": task, "input_column": input_column, "id_column": id_column,
-                                   "use_gpu": config.use_gpu},
+                                   "use_gpu": config.use_gpu, "sketch": sketch, "target_column": target_column},
             batch_size=config.batch_size,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(min_size=1, max_size=size),
