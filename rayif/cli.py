@@ -179,12 +179,13 @@ def _explain(args: argparse.Namespace) -> int:
                     scaling=scaling, run_config=run, address=args.address, index=index, k=args.k)
     path = write_parquet(table, out / "influence.parquet")
     print(f"{len(test)} test points x top {args.top} harmful and helpful of {len(train)} training examples"
-          f"{f' ({args.candidates} candidates, k={args.k})' if args.k else ''} in {time.perf_counter() - t0:.1f}s "
+          f"{f' ({_CANDIDATES[args.candidates]}, k={args.k})' if args.k else ''} in {time.perf_counter() - t0:.1f}s "
           f"-> {path}")
     return 0
 
 
 SOLVERS = ["auto", "exact", "cg", "lissa", "ekfac"]
+_CANDIDATES = {"features": "feature kNN", "sketch": "gradient-sketch candidates"}
 SOLVER_HELP = ("auto (default): exact for small models, else EK-FAC-preconditioned CG or LiSSA; all at the same "
                "damping (1e-3) and curvature (hessian)")
 

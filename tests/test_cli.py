@@ -79,7 +79,18 @@ def test_explain_cli_on_parquet_equals_the_python_api(ray_local, tmp_path, capsy
     for row in range(4):
         ids = knn.filter(knn["test_id"].to_numpy() == 5000 + row)["train_id"].to_numpy()
         assert set(ids) <= set(near[row])
-    assert "(kNN k=50)" in capsys.readouterr().out
+    assert "(feature kNN, k=50)" in capsys.readouterr().out
+
+    sketch_dir = tmp_path / "sketch-index"  # rayif index, then explain reusing it
+    assert main(["index", "--task", "rayif.digits:example_task", "--train", str(tmp_path / "train.parquet"),
+                 "--out", str(sketch_dir), "--source", "sketch", "--sketch-dim", "64"]) == 0
+    assert "sketch index (flat) of 1000 x 64" in capsys.readouterr().out
+    assert main([*common, "--k", "100", "--candidates", "sketch", "--sketch-dim", "64", "--index-dir",
+                 str(sketch_dir), "--out", str(tmp_path / "sk")]) == 0
+    assert "(gradient-sketch candidates, k=100)" in capsys.readouterr().out
+    sk = pq.read_table(tmp_path / "sk" / "influence.parquet")
+    assert sk["test_id"].to_pylist() == want["test_id"].to_pylist()
+    assert np.mean(np.array(sk["train_id"].to_pylist()) == np.array(want["train_id"].to_pylist())) >= 0.8
 
 
 def test_a_user_mistake_is_one_line_and_exit_2(tmp_path, capsys):

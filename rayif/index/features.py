@@ -41,14 +41,7 @@ def training_dataset(data: Any, *, input_column: str | Sequence[str] = "x", id_c
     else:
         ex = data if isinstance(data, Examples) else as_examples(data, name="training data")
         return ray.data.from_arrow(_arrow_blocks(ex, id_column)), ("x" if isinstance(ex.batch, tuple) else None)
-    names = ds.schema().names if ds.schema() is not None else []
-    wanted = [id_column, *([] if input_column is None else [input_column] if isinstance(input_column, str)
-                           else input_column), *([] if target_column is None else [target_column])]
-    missing = [c for c in wanted if c not in names]
-    if missing:
-        hint = (f" (give every row a stable integer id, e.g. its position, as column {id_column!r})"
-                if id_column in missing else "")
-        raise RayifError(f"training data has no column(s) {missing}{hint}; its columns are {names}")
+    _require_columns(ds.schema().names if ds.schema() is not None else [], input_column, id_column, target_column)
     return ds, input_column
 
 
@@ -132,6 +125,42 @@ class FeatureActor:
         return {"id": ids, "feature": f.float().cpu().numpy()}
 
 
+class FileFeatureActor(FeatureActor):
+    """A :class:`FeatureActor` that reads its own rows: each call gets ``(path, row_group)`` units of local
+    parquet files and yields the vectors of their rows, ``batch_size`` at a time. Reading and computing in one
+    process spares a read task per file and moving every row through the object store."""
+
+    def __init__(self, *args: Any, batch_size: int, columns: list[str] | None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.batch_size, self.columns = batch_size, columns
+
+    def __call__(self, units) -> Iterator[dict[str, np.ndarray]]:  # type: ignore[override]
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for path, group in zip(units["path"].to_pylist(), units["row_group"].to_pylist(), strict=True):
+            reader = pq.ParquetFile(path)
+            for b in reader.iter_batches(batch_size=self.batch_size, row_groups=[group], columns=self.columns):
+                yield super().__call__(pa.Table.from_batches([b]))
+
+
+def _local_units(data: Any, seed: int | None) -> list[dict] | None:
+    """``(path, row_group)`` of every row group of local parquet ``data`` (files in sorted order, or shuffled by
+    ``seed``); ``None`` when ``data`` is not local parquet (a Dataset, arrays, remote URIs)."""
+    import pyarrow.parquet as pq
+
+    paths = parquet_paths(data)
+    if paths is None or any("://" in p for p in paths):
+        return None
+    files = [f for p in paths for f in (sorted(Path(p).glob("**/*.parquet")) if Path(p).is_dir() else [Path(p)])]
+    if not files or not all(f.is_file() for f in files):
+        return None
+    units = [{"path": str(f), "row_group": g} for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+    if seed is not None:
+        units = [units[i] for i in np.random.default_rng(seed).permutation(len(units))]
+    return units
+
+
 def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column: str | Sequence[str] = "x",
                     id_column: str = "id", target_column: str = "y", sketch: dict | None = None
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -159,22 +188,33 @@ def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column:
             if parquet_paths(data) is None and not isinstance(data, ray.data.Dataset):
                 data = as_examples(data, name="training data", dict_batch=True)
         wants_target = sketch is not None and not task.dict_batches
-        ds, input_column = training_dataset(data, input_column=input_column, id_column=id_column,
-                                            shuffle_files_seed=seed,
-                                            target_column=target_column if wants_target else None)
-        if wants_target and parquet_paths(data) is None and not isinstance(data, ray.data.Dataset):
-            target_column = "y"  # in-memory examples carry their targets as y
+        units = _local_units(data, seed)
+        kwargs = {"task": task, "input_column": input_column, "id_column": id_column, "use_gpu": config.use_gpu,
+                  "sketch": sketch, "target_column": target_column}
         size, per_actor = _pool_size(ray.available_resources(), config)
-        log.info("rayif features: Ray Data actor pool of 1..%d actors, %s each", size, per_actor)
-        feats = ds.map_batches(
-            FeatureActor,
-            fn_constructor_kwargs={"task": task, "input_column": input_column, "id_column": id_column,
-                                   "use_gpu": config.use_gpu, "sketch": sketch, "target_column": target_column},
-            batch_size=config.batch_size,
-            batch_format="pyarrow",
-            compute=ActorPoolStrategy(min_size=1, max_size=size),
-            **per_actor,
-        )
+        log.info("rayif features: Ray Data actor pool of 1..%d actors, %s each%s", size, per_actor,
+                 ", reading their own parquet row groups" if units else "")
+        if units:
+            import pyarrow.parquet as pq
+
+            _require_columns(pq.read_schema(units[0]["path"]).names, input_column, id_column,
+                             target_column if wants_target else None)
+            cols = None if input_column is None else [id_column, *([input_column] if isinstance(input_column, str)
+                                                                   else input_column)]
+            cols = cols if cols is None or not wants_target else [*cols, target_column]
+            ds = ray.data.from_items(units)
+            feats = ds.map_batches(FileFeatureActor, fn_constructor_kwargs={
+                **kwargs, "batch_size": config.batch_size, "columns": cols}, batch_size=1, batch_format="pyarrow",
+                compute=ActorPoolStrategy(min_size=1, max_size=size), **per_actor)
+        else:
+            ds, kwargs["input_column"] = training_dataset(data, input_column=input_column, id_column=id_column,
+                                                          shuffle_files_seed=seed,
+                                                          target_column=target_column if wants_target else None)
+            if wants_target and parquet_paths(data) is None and not isinstance(data, ray.data.Dataset):
+                kwargs["target_column"] = "y"  # in-memory examples carry their targets as y
+            feats = ds.map_batches(FeatureActor, fn_constructor_kwargs=kwargs, batch_size=config.batch_size,
+                                   batch_format="pyarrow", compute=ActorPoolStrategy(min_size=1, max_size=size),
+                                   **per_actor)
     finally:
         ctx.target_max_block_size = saved
     batches = iter(feats.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
@@ -196,6 +236,16 @@ def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column:
         gc.collect()
     if failure is not None:
         raise RayifError(failure)  # an error that holds no execution
+
+
+def _require_columns(names: list[str], input_column, id_column: str, target_column: str | None) -> None:
+    wanted = [id_column, *([] if input_column is None else [input_column] if isinstance(input_column, str)
+                           else input_column), *([] if target_column is None else [target_column])]
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        hint = (f" (give every row a stable integer id, e.g. its position, as column {id_column!r})"
+                if id_column in missing else "")
+        raise RayifError(f"training data has no column(s) {missing}{hint}; its columns are {names}")
 
 
 _BLOCK_BYTES = 16 * 2**20
