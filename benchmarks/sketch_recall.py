@@ -1,13 +1,14 @@
 """Candidate recall: gradient sketches against FastIF's feature kNN, on the exact top-10 harmful and helpful.
 
-    .venv/bin/python benchmarks/sketch_recall.py                      # digits and the 100k mixture
+    .venv/bin/python benchmarks/sketch_recall.py                      # digits and the 100k mixture: ~8 min,
+                                                                      # plus ~45 min once for the mixture's truth
     .venv/bin/python benchmarks/sketch_recall.py --workloads digits   # about a minute
 
 * digits: the `rayif recall` MLP (64-32-10 tanh, p = 2410, float64, weight decay 1e-3), 1000 training rows;
   truth by the exact solver.
 * mixture: a 64-64-10 tanh MLP (p = 4810) on 100,000 points of a 10-class Gaussian mixture (weight decay
   1e-2); truth by `CGConfig()` (Spearman 0.9999 against PCG to 1e-7 in benchmarks/solvers.py), cached in
-  benchmarks/results/cache after the first run (it takes minutes).
+  benchmarks/results/cache after the first run.
 
 50 test points each, damping 1e-3 (every solver's default). A test point's recall at k is the share of its
 true top-10 harmful (and, separately, helpful) training points among its k candidates: the k nearest in
