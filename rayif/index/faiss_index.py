@@ -21,7 +21,8 @@ from ..errors import RayifError
 from ..scaling import ensure_ray
 from ..task import Task, model_fingerprint
 from .config import IndexConfig
-from .features import feature_batches, parquet_paths
+from .features import feature_batches, parquet_files, parquet_paths
+from .sketch_setup import sketch_stage
 
 log = logging.getLogger("rayif")
 
@@ -242,7 +243,7 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
     t0 = time.perf_counter()
     sketch, basis, extra = None, None, {}
     if config.source == "sketch":
-        sketch, basis, extra = _sketch_stage(task, train, config, input_column, id_column, target_column)
+        sketch, basis, extra = sketch_stage(task, train, config, input_column, id_column, target_column)
     builder = _Builder(config, _dataset_rows(train))
     first = None
     stream = feature_batches(task, train, config, input_column=input_column, id_column=id_column,
@@ -269,78 +270,6 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
 _RUNTIME = ("batch_size", "use_gpu", "max_actors")  # how it was built, not what was built
 
 
-def _sketch_stage(task: Task, train: Any, config: IndexConfig, input_column, id_column: str, target_column: str
-                  ) -> tuple[dict, Any, dict]:
-    """What the sketching actors need (``{"width", "seed", "basis"}``), the fitted second-stage basis and the
-    index metadata describing both. The basis is fitted here, on the driver, from the stage-1 sketches of the
-    first ``basis_rows`` training rows."""
-    import ray.data
-
-    from .features import FeatureActor, training_dataset
-    from .sketch import fit_basis
-
-    sketch = {"width": config.sketch_width, "seed": config.seed}
-    actor = FeatureActor(task, input_column, id_column, False, {**sketch, "basis": None}, target_column)
-    stage1 = actor.sketch.stage1
-    basis = None
-    if config.sketch_dim < stage1.dim:
-        if not isinstance(train, ray.data.Dataset) and parquet_paths(train) is None:  # in memory
-            ex = train if isinstance(train, Examples) else as_examples(train, name="training data",
-                                                                       dict_batch=task.dict_batches)
-            batches = [c.batch for c in ex.take(slice(0, config.basis_rows)).chunks(config.batch_size)]
-        else:
-            batches = None
-            if parquet_paths(train) is not None:  # the first rows of the files in sorted order: a fixed sample
-                try:
-                    batches = [actor.batch(t)[1] for t in _head_of_parquet(parquet_paths(train), config.basis_rows)]
-                except (OSError, ValueError):  # a remote URI: through Ray Data, as a Dataset
-                    batches = None
-        if batches is None:  # a Dataset: its first rows in its own order (Ray Data keeps it with preserve_order)
-            cols = {"input_column": None if task.dict_batches else input_column, "id_column": id_column,
-                    "target_column": None if task.dict_batches else target_column}
-            ctx = ray.data.DataContext.get_current()  # a Dataset copies the context when made: set it first
-            saved, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
-            try:
-                ds, _ = training_dataset(train, **cols)
-                tables = ray.get(ds.limit(config.basis_rows).to_arrow_refs())
-            finally:
-                ctx.execution_options.preserve_order = saved
-            batches = [actor.batch(t)[1] for t in tables if t.num_rows]
-        if not batches:
-            raise RayifError("the training data is empty: no rows to index")
-        sample = torch.cat([stage1.sketch(b).detach().float() for b in batches])
-        basis = fit_basis(sample, config.sketch_dim)
-        del sample
-        log.info("rayif sketch: basis of %d directions from %d training rows keeps %.4f of their gradient energy",
-                 basis.dim, basis.rows, basis.energy_kept)
-    extra = {"sketch": {**stage1.describe(), "basis_sha256": None if basis is None else basis.digest(),
-                        "basis_dim": None if basis is None else basis.dim,
-                        "energy_kept": None if basis is None else basis.energy_kept,
-                        "basis_rows": None if basis is None else basis.rows},
-             "sketch_params": list(stage1.obj.names)}
-    return {**sketch, "basis": basis}, basis, extra
-
-
-def _parquet_files(paths: list[str]) -> list[Path]:
-    return [f for p in paths for f in (sorted(Path(p).glob("**/*.parquet")) if Path(p).is_dir() else [Path(p)])]
-
-
-def _head_of_parquet(paths: list[str], rows: int) -> list:
-    """Arrow tables of the first ``rows`` rows of parquet ``paths`` (folders in sorted file order)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out, left = [], rows
-    for f in _parquet_files(paths):
-        for b in pq.ParquetFile(f).iter_batches(batch_size=min(left, 4096)):
-            t = pa.Table.from_batches([b]).slice(0, left)
-            out.append(t)
-            left -= t.num_rows
-            if left <= 0:
-                return out
-    return out
-
-
 def _dataset_rows(train: Any) -> int | None:
     """Row count of parquet path(s) from their metadata; ``None`` for anything else (the stream counts)."""
     paths = parquet_paths(train)
@@ -348,7 +277,7 @@ def _dataset_rows(train: Any) -> int | None:
         import pyarrow.parquet as pq
 
         try:
-            return sum(pq.ParquetFile(f).metadata.num_rows for f in _parquet_files(paths))
+            return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(paths))
         except (OSError, ValueError):  # remote URIs and the like: the stream will tell
             return None
     return None

@@ -54,6 +54,11 @@ def parquet_paths(data: Any) -> list[str] | None:
     return None
 
 
+def parquet_files(paths: list[str]) -> list[Path]:
+    """The parquet files of paths: folders expand to their ``*.parquet`` files in sorted order."""
+    return [f for p in paths for f in (sorted(Path(p).glob("**/*.parquet")) if Path(p).is_dir() else [Path(p)])]
+
+
 def _arrow_blocks(ex: Examples, id_column: str, rows: int = 16_384) -> list:
     """In-memory examples as Arrow tables of ``rows`` rows: ``id_column``, and ``x`` and ``y`` (an
     ``(inputs, targets)`` batch) or every column of a dict batch, as nested fixed-size lists."""
@@ -152,7 +157,7 @@ def _local_units(data: Any, seed: int | None) -> list[dict] | None:
     paths = parquet_paths(data)
     if paths is None or any("://" in p for p in paths):
         return None
-    files = [f for p in paths for f in (sorted(Path(p).glob("**/*.parquet")) if Path(p).is_dir() else [Path(p)])]
+    files = parquet_files(paths)
     if not files or not all(f.is_file() for f in files):
         return None
     units = [{"path": str(f), "row_group": g} for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
