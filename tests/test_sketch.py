@@ -273,7 +273,9 @@ def test_parquet_and_a_ray_dataset_give_the_in_memory_sketch_index(sketched, tmp
     config = IndexConfig(source="sketch", batch_size=256)
     for data in (str(tmp_path), ray.data.read_parquet(str(tmp_path))):
         got = build_index(task, data, config, input_column="pixels", target_column="label")
-        np.testing.assert_array_equal(got.basis.u.numpy(), idx.basis.u.numpy())
+        # the same rows fit the basis; float32 stage-1 sketches of other batch shapes round differently
+        u = idx.basis.u.numpy()
+        np.testing.assert_allclose(got.basis.u.numpy(), u, rtol=1e-5, atol=1e-6 * np.abs(u).max())
         ids = np.arange(len(x), dtype=np.int64)
         np.testing.assert_allclose(got.index.reconstruct_batch(ids), idx.index.reconstruct_batch(ids), rtol=1e-5,
                                    atol=1e-7)
