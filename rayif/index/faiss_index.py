@@ -30,8 +30,8 @@ INDEX_FILE, META_FILE, BASIS_FILE = "index.faiss", "meta.json", "sketch_basis.pt
 FORMAT = 1
 
 
-def feature_name(task: Task, config: IndexConfig | None = None) -> str:
-    if config is not None and config.source == "sketch":
+def feature_name(task: Task, source: str = "features") -> str:
+    if source == "sketch":
         return "gradient_sketch"
     f = task.features
     return "last_linear_input" if f is None else f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', f)}"
@@ -146,7 +146,7 @@ class FeatureIndex:
         """
         model = model or task.build_model()
         got = {"model_fingerprint": model_fingerprint(model),
-               "feature_fn": "gradient_sketch" if self.source == "sketch" else feature_name(task)}
+               "feature_fn": feature_name(task, self.source)}
         if self.source == "sketch":  # the parameters the sketch covers are the task's selection
             got["sketch_params"] = task.selected_params(model)
         diff = [k for k, v in got.items() if self.meta.get(k) != v]
@@ -256,7 +256,7 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
     index = builder.finish()
     meta = {"format": FORMAT, "source": config.source, "kind": config.kind, "metric": config.metric,
             "dim": builder.dim, "rows": int(index.ntotal), "nlist": builder.nlist, "nprobe": builder.nprobe,
-            "model_fingerprint": model_fingerprint(task.build_model()), "feature_fn": feature_name(task, config),
+            "model_fingerprint": model_fingerprint(task.build_model()), "feature_fn": feature_name(task, config.source),
             "config": asdict(config), "build_seconds": round(time.perf_counter() - t0, 3),
             "first_batch_seconds": round(first[0], 3), "first_batch_rows": first[1], **extra}
     idx = FeatureIndex(index, meta, basis)

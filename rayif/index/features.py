@@ -103,13 +103,9 @@ class FeatureActor:
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.require(a, requirements=["C", "W"])).to(self.device)
 
-        wanted = [self.id_column] + ([] if self.task.dict_batches else
-                                     [self.input_column] if isinstance(self.input_column, str) else
-                                     list(self.input_column))
-        wanted += [self.target_column] if self.sketch is not None and not self.task.dict_batches else []
-        missing = [c for c in wanted if c not in table.column_names]
-        if missing:
-            raise RayifError(f"training data has no column(s) {missing}; its columns are {table.column_names}")
+        plain = not self.task.dict_batches
+        _require_columns(table.column_names, self.input_column if plain else None, self.id_column,
+                         self.target_column if plain and self.sketch is not None else None)
         if self.task.dict_batches:  # every column but the id is part of the model's batch
             x = {c: tensor(arrow_to_numpy(table, c)) for c in table.column_names if c != self.id_column}
         else:
@@ -204,9 +200,8 @@ def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column:
 
             _require_columns(pq.read_schema(units[0]["path"]).names, input_column, id_column,
                              target_column if wants_target else None)
-            cols = None if input_column is None else [id_column, *([input_column] if isinstance(input_column, str)
-                                                                   else input_column)]
-            cols = cols if cols is None or not wants_target else [*cols, target_column]
+            cols = None if input_column is None else _columns(input_column, id_column,
+                                                              target_column if wants_target else None)
             ds = ray.data.from_items(units)
             feats = ds.map_batches(FileFeatureActor, fn_constructor_kwargs={
                 **kwargs, "batch_size": config.batch_size, "columns": cols}, batch_size=1, batch_format="pyarrow",
@@ -243,10 +238,14 @@ def feature_batches(task: Task, data: Any, config: IndexConfig, *, input_column:
         raise RayifError(failure)  # an error that holds no execution
 
 
+def _columns(input_column, id_column: str, target_column: str | None) -> list[str]:
+    """The columns a row must carry: the id, the input column(s) (``None``: none named) and the target."""
+    return [id_column, *([] if input_column is None else [input_column] if isinstance(input_column, str)
+                         else input_column), *([] if target_column is None else [target_column])]
+
+
 def _require_columns(names: list[str], input_column, id_column: str, target_column: str | None) -> None:
-    wanted = [id_column, *([] if input_column is None else [input_column] if isinstance(input_column, str)
-                           else input_column), *([] if target_column is None else [target_column])]
-    missing = [c for c in wanted if c not in names]
+    missing = [c for c in _columns(input_column, id_column, target_column) if c not in names]
     if missing:
         hint = (f" (give every row a stable integer id, e.g. its position, as column {id_column!r})"
                 if id_column in missing else "")

@@ -180,8 +180,7 @@ class Sketcher:
         total = torch.zeros(b, self.dim, dtype=self.obj.dtype, device=self.obj.device)
         kron = [blk for blk in self.blocks if blk.module is not None] if self._factored else []
         if kron:
-            for blk, delta, a in _linear_factors(self.obj, [blk.module for blk in kron],
-                                                 [len(blk.names) == 2 for blk in kron], batch, kron):
+            for blk, delta, a in _linear_factors(self.obj, kron, batch):
                 self._factors(blk, delta, a, total)
         rest = [blk for blk in self.blocks if all(blk is not k for k in kron)]
         if rest:
@@ -229,10 +228,11 @@ class Sketcher:
         return False
 
 
-def _linear_factors(obj: Objective, modules: list[nn.Linear], bias: list[bool], batch, tags: list):
-    """``(tag, delta [b, T, out], a [b, T, in1])`` per call of each module while the training loss runs:
-    the layer input (a column of ones appended where ``bias``) and the gradient of the summed loss in its
-    output, which for independent examples is each example's own output gradient."""
+def _linear_factors(obj: Objective, blocks: list[_Block], batch):
+    """``(block, delta [b, T, out], a [b, T, in1])`` per call of each block's Linear while the training loss
+    runs: the layer input (a column of ones appended when the bias is selected) and the gradient of the summed
+    loss in its output, which for independent examples is each example's own output gradient."""
+    modules = [blk.module for blk in blocks]
     calls: dict[int, list[tuple[Tensor, Tensor]]] = {id(m): [] for m in modules}
 
     def hook(mod, args, out):
@@ -249,15 +249,15 @@ def _linear_factors(obj: Objective, modules: list[nn.Linear], bias: list[bool], 
     if not outs:
         raise RayifError("the loss called no nn.Linear whose weight is selected")
     deltas = iter(torch.autograd.grad(losses.sum(), outs, allow_unused=True))
-    for m, with_bias, tag in zip(modules, bias, tags, strict=True):
-        for a, out in calls[id(m)]:
+    for blk in blocks:
+        for a, out in calls[id(blk.module)]:
             delta = next(deltas)
             if delta is None:
                 continue
             a, delta = a.reshape(b, -1, a.shape[-1]), delta.reshape(b, -1, out.shape[-1])
-            if with_bias:
+            if len(blk.names) == 2:  # the bias is selected
                 a = torch.cat([a, a.new_ones(*a.shape[:2], 1)], dim=2)
-            yield tag, delta, a
+            yield blk, delta, a
 
 
 def _plain_grads(obj: Objective, names: list[str], batch) -> list[Tensor]:
