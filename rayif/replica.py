@@ -53,6 +53,7 @@ class Replica:
         self._grads: OrderedDict[tuple[int, int], Tensor] = OrderedDict()
         self._cache_bytes = int(grad_cache_mb * 2**20)
         self._cached_bytes = 0
+        self.progress: bool | None = False  # a LiSSA bar: the in-process executor turns it on
 
     def warm_up(self) -> None:
         """The first per-example gradient and HVP in a fresh process pay about a second of torch.func set-up;
@@ -112,7 +113,8 @@ class Replica:
                  chunk_size: int, factors: KroneckerFactors | None) -> tuple[Tensor, SolveStats]:
         if isinstance(solver, LissaConfig):
             return lissa_repetition(self.objective, self.train, v, solver, scale=scale, seed=seed,
-                                    repetition=repetition, precondition=kfac.preconditioner(factors, solver))
+                                    repetition=repetition, precondition=kfac.preconditioner(factors, solver),
+                                    progress=self.progress)
         key = (repr(solver), seed, chunk_size)  # exact builds its matrix once per replica
         if key not in self._solvers:
             self._solvers[key] = make_solver(self.objective, self.train, solver, seed=seed, chunk_size=chunk_size,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from .executors import Call, Executor
 from .grads import require_finite_vectors
 from .ihvp import KroneckerFactors, SolveStats, kfac
 from .kernels import TopInfluence, candidate_plan, candidate_positions, chunk_grid, shards
+from .progress import Progress
 from .replica import check_ranges
 from .results import GROUP_TEST_ID, SCHEMA, SELF_INFLUENCE_SCHEMA, ranked_table, with_metadata
 
@@ -257,7 +256,8 @@ class Runner:
             self.validate()
         meta = self.metadata()
         tables: dict[int, pa.Table] = {}
-        step = _progress(len(batches), len(batches) - len(todo), self.run.progress)
+        bar = Progress(len(batches), "rayif explain", "batch", enabled=self.run.progress,
+                       initial=len(batches) - len(todo))
         for wave in self._waves(todo):
             t0 = time.perf_counter()
             rows = [batches[i] for i in wave]
@@ -270,8 +270,9 @@ class Runner:
                     pq.write_table(table, tmp)
                     tmp.rename(_batch_path(out, i))  # a batch file exists only once complete
                 tables[i] = table
-                step(f"batch {i}: {len(r)} test points ({time.perf_counter() - t0:.2f}s for the wave)")
+                bar.update(1, f"batch {i}: {len(r)} test points ({time.perf_counter() - t0:.2f}s for the wave)")
             self._lap("write")
+        bar.close()
         report = self.report()
         log.info("rayif job seconds by phase: %s; worker busy seconds: %s", report["seconds"], report["worker_busy"])
         table = read_results(out) if out is not None else pa.concat_tables([tables[i] for i in range(len(batches))])
@@ -311,7 +312,9 @@ class Runner:
         grid = chunk_grid(len(job.train), self.run.chunk_size)
         calls = [Call("self_influence", (w.start, w.stop, self.solver, scale, job.seed, t, self.run.chunk_size,
                                          factors)) for w in grid for t in reps]
-        results = iter(self._counted(self.ex.map(calls)))
+        with Progress(len(job.train) * len(reps), "rayif self-influence", "example", enabled=self.run.progress) as bar:
+            results = iter(self._counted(self.ex.map(calls, done=lambda k: bar.update(calls[k].args[1] -
+                                                                                      calls[k].args[0]))))
         values = []
         for _ in grid:
             total = next(results)
@@ -372,20 +375,3 @@ def read_results(output_dir: str | Path) -> pa.Table:
 
 def _batch_path(out: Path, i: int) -> Path:
     return out / f"batch-{i:06d}.parquet"
-
-
-def _progress(total: int, done: int, enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty() and not os.environ.get("CI")
-    if enabled:
-        from tqdm import tqdm  # comes with ray[data]
-
-        bar = tqdm(total=total, initial=done, unit="batch", desc="rayif")
-
-        def step(msg: str) -> None:
-            bar.update(1)
-            bar.set_postfix_str(msg)
-            if bar.n >= total:
-                bar.close()
-        return step
-    return lambda msg: log.info(msg)

@@ -5,6 +5,7 @@ The runner knows them only through :class:`Executor`: ``map`` a list of :class:`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,8 +46,8 @@ class Executor(Protocol):
         """A handle to ``value`` that calls can take as an argument (sent to workers once)."""
         ...
 
-    def map(self, calls: list[Call]) -> list[Any]:
-        """Run every call; results in the order of ``calls``."""
+    def map(self, calls: list[Call], *, done: Callable[[int], None] | None = None) -> list[Any]:
+        """Run every call; results in the order of ``calls``; ``done(k)`` as call ``k`` finishes."""
         ...
 
     def close(self) -> None: ...

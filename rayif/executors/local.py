@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..config import RunConfig
@@ -28,18 +29,21 @@ class LocalExecutor:
             log.warning("rayif: %s", why)
         run = run or RunConfig()
         self.replica = Replica(task, train, test, device, run.grad_cache_mb)
+        self.replica.progress = run.progress  # one process: a LiSSA repetition shows its steps
         self.infos = [{**self.replica.info(), "node_id": "local", "gpu_ids": [], "fallback": why}]
         self.busy = Busy()
 
     def put(self, value: Any) -> Any:
         return value
 
-    def map(self, calls: list[Call]) -> list[Any]:
+    def map(self, calls: list[Call], *, done: Callable[[int], None] | None = None) -> list[Any]:
         out = []
-        for c in calls:
+        for k, c in enumerate(calls):
             t0 = time.perf_counter()
             out.append(getattr(self.replica, c.method)(*c.args))
             self.busy.add(0, c.method, time.perf_counter() - t0)
+            if done is not None:
+                done(k)
         return out
 
     def close(self) -> None:

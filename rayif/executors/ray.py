@@ -117,8 +117,9 @@ class RayExecutor:
 
         return ray.put(value)
 
-    def map(self, calls: list[Call], *, _raw: bool = False) -> list[Any]:
-        """Run ``calls`` on the workers, one unit per worker at a time; results in the order of ``calls``."""
+    def map(self, calls: list[Call], *, done: Callable[[int], None] | None = None, _raw: bool = False) -> list[Any]:
+        """Run ``calls`` on the workers, one unit per worker at a time; results in the order of ``calls``.
+        ``done(k)`` is called as unit ``k`` finishes (progress)."""
         import ray
 
         results: list[Any] = [None] * len(calls)
@@ -177,6 +178,8 @@ class RayExecutor:
                 self.busy.add(w, calls[k].method, seconds)
                 self._check_process(w, pid, calls[k].method)
             left -= 1
+            if done is not None:
+                done(k)
         return results
 
     def _check_process(self, w: int, pid: int, method: str) -> None:

@@ -17,6 +17,7 @@ from ..config import LissaConfig
 from ..data import Examples
 from ..errors import LissaDivergenceError
 from ..grads import Objective
+from ..progress import Progress
 from .stats import SolveStats
 
 log = logging.getLogger("rayif")
@@ -81,12 +82,21 @@ def lissa_repetition(
     seed: int,
     repetition: int,
     precondition: Precondition | None = None,
+    progress: bool | None = False,
 ) -> tuple[Tensor, SolveStats]:
     """One LiSSA repetition for every row of ``vectors [m, p]``: its estimate of ``(C + lambda I)^-1 v``.
 
     All rows share the same sampled batches, so the batched result equals ``m`` single-row runs with the
-    same ``(seed, repetition)`` (though a batch stops when its slowest row has converged).
+    same ``(seed, repetition)`` (though a batch stops when its slowest row has converged). ``progress``: a
+    bar over the ``depth`` steps (see :class:`rayif.progress.Progress`).
     """
+    with Progress(config.depth, f"LiSSA repetition {repetition}", "step", enabled=progress) as bar:
+        return _repetition(objective, train, vectors, config, scale, seed, repetition, precondition, bar)
+
+
+def _repetition(objective: Objective, train: Examples, vectors: Tensor, config: LissaConfig, scale: float,
+                seed: int, repetition: int, precondition: Precondition | None, bar: Progress
+                ) -> tuple[Tensor, SolveStats]:
     pre = precondition or _identity
     lam, n, b, every = config.damping, len(train), config.batch_size, config.check_every
     rng = repetition_rng(seed, repetition)
@@ -103,6 +113,7 @@ def lissa_repetition(
         rows = rng.choice(n, size=min(n, _PROBES), replace=False)
         probe = objective.train_grads(train.take(np.sort(rows))).T  # [p, k]
     avg = _Averages(config, v, probe)
+    bar_at = 0
     for j in range(1, config.depth + 1):
         batch = train.take(batches[j - 1]).to(objective.device).batch
         x = x + pre(v - objective.product(x, batch, config.curvature) - lam * x) / scale
@@ -114,6 +125,8 @@ def lissa_repetition(
                 objective.train_grads(train.take(np.unique(batches[max(0, j - every) : j])))
             history.append(norms)
             _check_divergence(history, j, repetition, scale, config, bound)
+            bar.update(j - bar_at)
+            bar_at = j
         if avg.converged:
             return avg.result, SolveStats.one(j, False)
     if config.tol is not None:

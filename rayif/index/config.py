@@ -46,6 +46,8 @@ class IndexConfig:
         sketch_width: the first, random stage's dimension; the identity when the selected parameters number
             no more than this (their gradients then go to the second stage as they are).
         basis_rows: training rows (the first ones out of the pipeline) whose sketches fit the second stage.
+        progress: a bar over the rows as they are indexed. ``None``: on when stderr is a terminal and ``CI`` is
+            unset. How it is built, not what: not part of the index's identity.
     """
 
     kind: str = "flat"
@@ -63,6 +65,7 @@ class IndexConfig:
     sketch_dim: int = 256
     sketch_width: int = 32768
     basis_rows: int = 2048
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

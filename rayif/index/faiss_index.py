@@ -18,6 +18,7 @@ import torch
 
 from ..data import Examples, as_examples
 from ..errors import RayifError
+from ..progress import Progress
 from ..scaling import ensure_ray
 from ..task import Task, model_fingerprint
 from .config import IndexConfig
@@ -244,15 +245,18 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
     sketch, basis, extra = None, None, {}
     if config.source == "sketch":
         sketch, basis, extra = sketch_stage(task, train, config, input_column, id_column, target_column)
-    builder = _Builder(config, _dataset_rows(train))
+    rows_hint = _dataset_rows(train)
+    builder = _Builder(config, rows_hint)
     first = None
     stream = feature_batches(task, train, config, input_column=input_column, id_column=id_column,
                              target_column=target_column, sketch=sketch)
-    with closing(stream):  # a batch the builder refuses still stops the pipeline (see feature_batches)
+    bar = Progress(rows_hint or num_rows, f"rayif index ({config.source})", "row", enabled=config.progress)
+    with closing(stream), bar:  # a batch the builder refuses still stops the pipeline (see feature_batches)
         for ids, feats in stream:
             if first is None:
                 first = (time.perf_counter() - t0, len(ids))
             builder.add(ids, feats)
+            bar.update(len(ids))
     index = builder.finish()
     meta = {"format": FORMAT, "source": config.source, "kind": config.kind, "metric": config.metric,
             "dim": builder.dim, "rows": int(index.ntotal), "nlist": builder.nlist, "nprobe": builder.nprobe,
@@ -267,7 +271,7 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
     return idx
 
 
-_RUNTIME = ("batch_size", "use_gpu", "max_actors")  # how it was built, not what was built
+_RUNTIME = ("batch_size", "use_gpu", "max_actors", "progress")  # how it was built, not what was built
 
 
 def _dataset_rows(train: Any) -> int | None:
