@@ -179,16 +179,31 @@ def self_influence(
     *,
     solver: SolverConfig | str | None = None,
     seed: int = 0,
+    train_ids: Any = None,
     scaling: ScalingConfig | None = None,
     run_config: RunConfig | None = None,
     address: str | None = None,
 ) -> pa.Table:
     """``grad L(z)^T H^-1 grad L(z)`` for every training example: large values flag likely mislabels.
 
+    Args:
+        train_ids: only these training ids (a sample of a large set); the Hessian is still the whole set's.
+
     Returns a table ``(train_id, self_influence)`` sorted by decreasing self influence.
     """
-    job = Job(task_examples(task, train, "training data"), None, _solver(solver), seed,
-              run=run_config or RunConfig())
+    train_ex = task_examples(task, train, "training data")
+    rows = None
+    if train_ids is not None:
+        want = np.asarray(train_ids)
+        if want.ndim != 1 or not len(want) or not np.issubdtype(want.dtype, np.integer):
+            raise RayifError(f"train_ids must be a non-empty 1-D list of integer training ids, got {want.dtype} "
+                             f"{want.shape}")
+        pos = {int(i): p for p, i in enumerate(train_ex.ids)}
+        missing = [int(i) for i in want if int(i) not in pos]
+        if missing:
+            raise RayifError(f"train_ids has {len(missing)} ids that are not in the training data, e.g. {missing[:5]}")
+        rows = np.sort(np.unique([pos[int(i)] for i in want]))
+    job = Job(train_ex, None, _solver(solver), seed, run=run_config or RunConfig(), self_rows=rows)
     return _run(task, job, scaling, address, "self_influence")
 
 

@@ -124,3 +124,27 @@ def example_task() -> Task:
     images of :func:`load_digits_split`: the ``--task rayif.digits:example_task`` of ``rayif explain``."""
     split = load_digits_split(dtype=np.float32)
     return digits_task("mlp", split, weight_decay=1e-3, dtype=torch.float32)[0]
+
+
+def retrainer(task: Task, split: DigitsSplit, kind: str, *, hidden: int = 32,
+              max_iter: int = 500) -> Callable[[np.ndarray], Task]:
+    """``retrain(keep_ids) -> Task`` for :func:`rayif.validate.validate`: the same L-BFGS recipe on the kept
+    rows (ids are row positions), warm-started at ``task``'s trained weights (the optimum for a convex model;
+    the local basin of a non-convex one, as in Koh & Liang's leave-one-out)."""
+
+    def retrain(keep: np.ndarray) -> Task:
+        keep = np.asarray(keep)
+        model = task.build_model()
+        train(model, split.x_train[keep], split.y_train[keep], task.weight_decay, max_iter=max_iter)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return Task(model_factory=_factory(kind, hidden, state), loss=cross_entropy, weight_decay=task.weight_decay)
+
+    return retrain
+
+
+def validation_setup(kind: str = "logistic", seed: int = 0) -> tuple[Task, DigitsSplit, Callable[[np.ndarray], Task]]:
+    """The embedded problems ``rayif validate --digits KIND`` checks, float64: ``"logistic"`` (convex, weight
+    decay 1e-2) or ``"mlp"`` (64-32-10 tanh, weight decay 1e-3), 1000 training and 200 test digits."""
+    split = load_digits_split(n_train=1000, n_test=200, seed=seed)
+    task, _ = digits_task(kind, split, weight_decay=1e-2 if kind == "logistic" else 1e-3, seed=seed)
+    return task, split, retrainer(task, split, kind)

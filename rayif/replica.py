@@ -142,12 +142,12 @@ class Replica:
         s = s_test.to(self.device)
         return [influence_from_grads(s, self._chunk_grads(w.start, w.stop)) for w in work]
 
-    def self_influence(self, start: int, stop: int, solver: SolverConfig, scale: float | None, seed: int,
+    def self_influence(self, rows: slice | np.ndarray, solver: SolverConfig, scale: float | None, seed: int,
                        repetition: int | None, chunk_size: int, factors: KroneckerFactors | None = None
                        ) -> tuple[np.ndarray, SolveStats]:
-        """``grad L(z)^T h(z)`` for training rows ``[start, stop)``: ``h`` is LiSSA repetition ``repetition``
-        of ``H^-1 grad L(z)`` (the driver averages them in order), or the other solvers' solve."""
-        g = self.objective.train_grads(self.train.take(slice(start, stop)))
+        """``grad L(z)^T h(z)`` for training rows ``rows`` (a range or positions): ``h`` is LiSSA repetition
+        ``repetition`` of ``H^-1 grad L(z)`` (the driver averages them in order), or the other solvers' solve."""
+        g = self.objective.train_grads(self.train.take(rows))
         h, stats = self._inverse(g, solver, scale, seed, repetition, chunk_size, factors)
         require_finite_vectors(h, "H^-1 grad L(z)")
         return (g * h).sum(1).double().cpu().numpy(), stats

@@ -55,6 +55,7 @@ class Job:
     candidate_source: dict | None = None
     run: RunConfig = RunConfig()
     candidate_fn: Any = None
+    self_rows: np.ndarray | None = None  # training positions whose self-influence is wanted (None: all)
 
 
 class Runner:
@@ -305,26 +306,30 @@ class Runner:
         return np.concatenate(rows_out)
 
     def self_influence(self) -> pa.Table:
-        """``(train_id, self_influence)`` for every training example, largest first."""
+        """``(train_id, self_influence)`` of every training example (or of ``Job.self_rows``), largest first."""
         self.validate()
-        job, scale, factors = self.job, self.scale(), self.factors()
+        job, scale, factors, size = self.job, self.scale(), self.factors(), self.run.chunk_size
         reps = list(range(self.solver.repetitions)) if isinstance(self.solver, LissaConfig) else [None]
-        grid = chunk_grid(len(job.train), self.run.chunk_size)
-        calls = [Call("self_influence", (w.start, w.stop, self.solver, scale, job.seed, t, self.run.chunk_size,
-                                         factors)) for w in grid for t in reps]
-        with Progress(len(job.train) * len(reps), "rayif self-influence", "example", enabled=self.run.progress) as bar:
-            results = iter(self._counted(self.ex.map(calls, done=lambda k: bar.update(calls[k].args[1] -
-                                                                                      calls[k].args[0]))))
+        rows = job.self_rows
+        if rows is None:
+            parts: list = [slice(w.start, w.stop) for w in chunk_grid(len(job.train), size)]
+            ids = job.train.ids
+        else:
+            parts, ids = [rows[i : i + size] for i in range(0, len(rows), size)], job.train.ids[rows]
+        calls = [Call("self_influence", (p, self.solver, scale, job.seed, t, size, factors))
+                 for p in parts for t in reps]
+        with Progress(len(ids) * len(reps), "rayif self-influence", "example", enabled=self.run.progress) as bar:
+            results = iter(self._counted(self.ex.map(calls, done=lambda k: bar.update(_rows(calls[k].args[0])))))
         values = []
-        for _ in grid:
+        for _ in parts:
             total = next(results)
             for _ in reps[1:]:  # in repetition order
                 total = total + next(results)
             values.append(total / len(reps))
         v = np.concatenate(values)
-        order = np.lexsort((job.train.ids, -v))
+        order = np.lexsort((ids, -v))
         self._lap("self_influence")
-        table = pa.Table.from_arrays([pa.array(job.train.ids[order]), pa.array(v[order])], schema=SELF_INFLUENCE_SCHEMA)
+        table = pa.Table.from_arrays([pa.array(ids[order]), pa.array(v[order])], schema=SELF_INFLUENCE_SCHEMA)
         return with_metadata(table, {**self.metadata(), "job": self.report()})
 
     # --- job identity and resume ------------------------------------------------------------------
@@ -371,6 +376,10 @@ def read_results(output_dir: str | Path) -> pa.Table:
     if not files:
         return SCHEMA.empty_table()
     return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def _rows(part: slice | np.ndarray) -> int:
+    return part.stop - part.start if isinstance(part, slice) else len(part)
 
 
 def _batch_path(out: Path, i: int) -> Path:
