@@ -266,12 +266,14 @@ def plot_validation(report: dict[str, Any], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.8), dpi=110, squeeze=False)
     ax = axes[0, 0]
     f = report["fast_vs_full"]["solver"]
-    ax.text(0.05, 0.95, "\n".join([f"fast solver vs full, {len(report['test_ids'])} test points",
-                                   f"Pearson {f['pearson']['mean']:.3f} (min {f['pearson']['min']:.3f})",
-                                   f"Spearman {f['spearman']['mean']:.3f} (min {f['spearman']['min']:.3f})"]
-                                  + [f"{k.replace('_', ' ')} {v['mean']:.2f}" for k, v in
-                                     {**f, **report["fast_vs_full"].get("pipeline", {})}.items()
-                                     if k.startswith("top")]),
+    lines = [f"fast solver vs full, {len(report['test_ids'])} test points",
+             f"Pearson {f['pearson']['mean']:.3f} (min {f['pearson']['min']:.3f})",
+             f"Spearman {f['spearman']['mean']:.3f} (min {f['spearman']['min']:.3f})"]
+    for part, values in report["fast_vs_full"].items():
+        lines += [f"{part}: {k.replace('_', ' ')} {v['mean']:.2f}" for k, v in values.items() if k.startswith("top")]
+    for row in report.get("recall", []):
+        lines.append(f"recall at k={row['k']}: {row['harmful_mean']:.2f} / {row['helpful_mean']:.2f}")
+    ax.text(0.02, 0.98, "\n".join(lines),
             va="top", fontsize=8, transform=ax.transAxes, family="monospace")
     ax.axis("off")
     for ax, name in zip(axes[0, 1:], panels, strict=True):

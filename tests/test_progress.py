@@ -22,7 +22,8 @@ def test_bars_show_the_lissa_steps_the_batches_and_the_self_influence_rows(mlp, 
     assert "LiSSA repetition 0" in err and "60/60" in err  # every step of the recursion
     assert "rayif explain" in err and "2/2" in err  # both test batches
     np.testing.assert_array_equal(quiet["train_id"].to_numpy(), shown["train_id"].to_numpy())
-    rayif.self_influence(task, train, solver=ExactConfig(curvature="ggn"), run_config=RunConfig(chunk_size=64, progress=True))
+    rayif.self_influence(task, train, solver=ExactConfig(curvature="ggn"),
+                         run_config=RunConfig(chunk_size=64, progress=True))
     err = capfd.readouterr().err
     assert "rayif self-influence" in err and "200/200" in err
 
