@@ -2,6 +2,7 @@
 
     .venv/bin/python examples/transformer_influence.py              # this process
     .venv/bin/python examples/transformer_influence.py --workers 2  # 2 Ray workers, same answer
+    .venv/bin/python examples/transformer_influence.py --small      # 150 training sequences: what CI runs
 
 A small ``nn.TransformerEncoder`` classifier (``rayif.tokens``) is trained on a synthetic token task
 (label 1 when a sequence holds more tokens from 1-6 than from 7-12), its lower layers frozen. Influence is
@@ -31,7 +32,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=0, help="Ray workers (0: this process)")
     ap.add_argument("--train-size", type=int, default=300)
+    ap.add_argument("--small", action="store_true", help="150 training sequences, this process (CI)")
     args = ap.parse_args()
+    if args.small:
+        args.train_size, args.workers = 150, 0
 
     train, test = tokens.make_tokens(args.train_size, seed=0), tokens.make_tokens(200, seed=1, label_noise=0.0)
     task = tokens.token_task(train)
@@ -50,12 +54,15 @@ def main() -> None:
     m_exact = rayif.influence_matrix(task, train.batch(), test_batch, exact, scaling=scaling)
     pearson = [st.pearsonr(a, c)[0] for a, c in zip(m_exact, m_cg, strict=True)]
     print(f"CG against the exact Hessian, {len(wrong)} misclassified test points: Pearson min {min(pearson):.4f}")
+    # the example checks its own result: CG answers the exact question on the frozen-bottom transformer
+    assert len(wrong) > 0 and min(pearson) > 0.99, pearson
     table = rayif.explain(task, train.batch(), test_batch, top=3, solver=cg, scaling=scaling)
     t = int(wrong[0])
     print(f"\ntest sequence {t}: {show(test, t)}, predicted {pred[t]}")
     for r in table.filter(table["test_id"].to_numpy() == t).to_pylist():
         print(f"  {r['kind']:7s} #{r['rank']} {r['influence']:+.3g}  train {r['train_id']}: "
               f"{show(train, r['train_id'])}")
+    print("transformer check passed")
 
 
 if __name__ == "__main__":

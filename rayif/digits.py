@@ -42,6 +42,15 @@ def load_digits_split(n_train: int = 1000, n_test: int = 200, seed: int = 0,
     return DigitsSplit(x[:n_train], y[:n_train], x[n_train : n_train + n_test], y[n_train : n_train + n_test])
 
 
+def load_digits_images(n_train: int = 1000, n_test: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The raw 8x8 images (0-16) of :func:`load_digits_split`'s train and test rows, in the same order (for
+    pictures)."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[np.random.default_rng(seed).permutation(1797)]
+    return images[:n_train], images[n_train : n_train + n_test]
+
+
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-example cross-entropy, ``[b]``."""
     return F.cross_entropy(outputs, targets, reduction="none")
