@@ -13,7 +13,7 @@ from .runner import read_results
 from .scaling import ScalingConfig
 from .task import Task
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "SCHEMA",

@@ -117,8 +117,9 @@ def validate(task: Task, train: Any, test: Any, *, solver: SolverConfig | str | 
         lap("recall")
     if retrain is not None:
         losses = _Losses(task, retrain, train_ex, test_ex)
-        report["loo"] = _loo(losses, truth, picks, train_ex, cfg)
-        lap("leave_one_out")
+        if cfg.loo_train_points:
+            report["loo"] = _loo(losses, truth, picks, train_ex, cfg)
+            lap("leave_one_out")
         if cfg.lds_subsets:
             report["lds"] = _lds(losses, {"reference": truth, "solver": approx}, picks, train_ex, cfg, rng)
             lap("lds")
@@ -263,7 +264,8 @@ def plot_validation(report: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = [p for p in ("loo", "lds") if p in report]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.8), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.8 + 4.2 * len(panels), 3.8), dpi=110, squeeze=False,
+                             gridspec_kw={"width_ratios": [0.6] + [1] * len(panels)})
     ax = axes[0, 0]
     f = report["fast_vs_full"]["solver"]
     lines = [f"fast solver vs full, {len(report['test_ids'])} test points",
