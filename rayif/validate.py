@@ -25,6 +25,7 @@ from .config import ExactConfig, SolverConfig, solver_to_dict
 from .data import Examples
 from .errors import RayifError
 from .index.recall import candidate_recall, true_top
+from .plotting import pyplot, save
 from .progress import Progress
 from .task import Task
 
@@ -258,11 +259,7 @@ def _lds(losses: _Losses, scores: dict[str, np.ndarray], picks: np.ndarray, trai
 
 def plot_validation(report: dict[str, Any], path: str | Path) -> Path:
     """One PNG of the report: fast vs full influence, leave-one-out, the LDS of one test point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("the validation plot")
     panels = [p for p in ("loo", "lds") if p in report]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.8 + 4.2 * len(panels), 3.8), dpi=110, squeeze=False,
                              gridspec_kw={"width_ratios": [0.6] + [1] * len(panels)})
@@ -294,9 +291,4 @@ def plot_validation(report: dict[str, Any], path: str | Path) -> Path:
             ax.set_ylabel("test loss retrained on the subset")
             ax.set_title(f"LDS {ld['reference']['mean']:.3f} (one test point shown)", fontsize=9)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, path)

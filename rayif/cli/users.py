@@ -97,8 +97,8 @@ def validate(args: argparse.Namespace) -> int:
             from ..index import plot_recall
 
             print(f"wrote {plot_recall(pa.Table.from_pylist(report['recall']), out / 'recall.png')}")
-    except ImportError:
-        print("no PNG: the plots need matplotlib (pip install 'rayif[plot]')")
+    except RayifError as e:  # the report is the result; the pictures are optional
+        print(f"no PNG: {e}")
     return 0
 
 

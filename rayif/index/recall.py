@@ -12,6 +12,7 @@ import pyarrow as pa
 from ..api import compute_s_test, influence_matrix, task_examples
 from ..config import SolverConfig
 from ..errors import RayifError
+from ..plotting import pyplot, save
 from ..task import Task
 from .faiss_index import FeatureIndex
 
@@ -84,14 +85,7 @@ def knn_recall(task: Task, train: Any, test: Any, index: FeatureIndex, ks: Seque
 
 def plot_recall(table: pa.Table, path: str | Path, *, title: str = "recall of the most influential") -> Path:
     """Recall against k / n as a PNG, one line per index and side (needs matplotlib: the ``plot`` extra)."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise RayifError("the recall plot needs matplotlib: pip install 'rayif[plot]'") from None
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("the recall plot")
     rows = table.to_pylist()
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     for name in dict.fromkeys(r["index"] for r in rows):
@@ -108,10 +102,4 @@ def plot_recall(table: pa.Table, path: str | Path, *, title: str = "recall of th
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
+    return save(fig, path)
