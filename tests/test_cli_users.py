@@ -93,7 +93,7 @@ def test_validate_on_the_convex_digits_model_matches_leave_one_out(tmp_path):
 def test_validate_reports_a_fast_pipeline_against_full_and_its_recall(ray_local, tmp_path, capsys):
     from rayif.cli import main
 
-    args = ["validate", "--digits", "mlp", "--solver", "lissa", "--solver-option", "repetitions=1",
+    args = ["validate", "--digits", "mlp", "--solver", "cg",
             "--k", "100", "--candidates", "features", "--test-points", "5", "--lds-subsets", "0",
             "--loo-train-points", "6", "--out", str(tmp_path)]
     assert main(args) == 0
