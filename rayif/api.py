@@ -25,6 +25,7 @@ from .config import (
 from .data import Examples, as_examples, ids_digest
 from .errors import RayifError
 from .executors import make_executor
+from .kernels import candidate_positions
 from .runner import Job, Runner
 from .scaling import ScalingConfig
 from .task import Task
@@ -198,11 +199,7 @@ def self_influence(
         if want.ndim != 1 or not len(want) or not np.issubdtype(want.dtype, np.integer):
             raise RayifError(f"train_ids must be a non-empty 1-D list of integer training ids, got {want.dtype} "
                              f"{want.shape}")
-        pos = {int(i): p for p, i in enumerate(train_ex.ids)}
-        missing = [int(i) for i in want if int(i) not in pos]
-        if missing:
-            raise RayifError(f"train_ids has {len(missing)} ids that are not in the training data, e.g. {missing[:5]}")
-        rows = np.sort(np.unique([pos[int(i)] for i in want]))
+        rows = np.unique(candidate_positions(want, train_ex.ids, np.argsort(train_ex.ids), what="train_ids"))
     job = Job(train_ex, None, _solver(solver), seed, run=run_config or RunConfig(), self_rows=rows)
     return _run(task, job, scaling, address, "self_influence")
 

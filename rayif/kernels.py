@@ -90,14 +90,16 @@ def chunk_grid(n: int, chunk_size: int) -> list[ChunkWork]:
     return [ChunkWork(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
 
 
-def candidate_positions(candidate_ids: np.ndarray, train_ids: np.ndarray, sorter: np.ndarray) -> np.ndarray:
-    """``[m, k]`` training positions of ``[m, k]`` candidate ids (``sorter = argsort(train_ids)``)."""
+def candidate_positions(candidate_ids: np.ndarray, train_ids: np.ndarray, sorter: np.ndarray,
+                        what: str = "candidates") -> np.ndarray:
+    """Training positions of training ids (``[m, k]`` candidates, or any shape; ``sorter = argsort(train_ids)``);
+    ``what`` names them in the error for an id the training data does not have."""
     pos = np.searchsorted(train_ids, candidate_ids, sorter=sorter)
     pos = sorter[np.clip(pos, 0, len(sorter) - 1)]
     unknown = train_ids[pos] != candidate_ids
     if unknown.any():
         shown = np.unique(candidate_ids[unknown])[:10].tolist()
-        raise RayifError(f"candidates name ids that are not in the training data: {shown}")
+        raise RayifError(f"{what} name ids that are not in the training data: {shown}")
     return pos
 
 

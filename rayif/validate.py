@@ -20,7 +20,7 @@ import scipy.stats as st
 import torch
 from torch import nn
 
-from .api import influence_matrix, task_examples
+from .api import _solver, influence_matrix, task_examples
 from .config import ExactConfig, SolverConfig, solver_to_dict
 from .data import Examples
 from .errors import RayifError
@@ -135,12 +135,6 @@ class _Laps:
         now = time.perf_counter()
         self.out[name] = round(now - self.t, 3)
         self.t = now
-
-
-def _solver(s: SolverConfig | str | None) -> SolverConfig:
-    from .api import _solver as as_config
-
-    return as_config(s)
 
 
 def _reference(fast: SolverConfig) -> SolverConfig:

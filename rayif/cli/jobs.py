@@ -116,8 +116,7 @@ def index(args: argparse.Namespace) -> int:
     from ..index import IndexConfig, build_index
 
     task = load_task(args.task)
-    n = len(read_examples(args.train, name="training data", input_column=args.input_column,
-                          target_column=args.target_column, id_column=args.id_column, dict_batch=task.dict_batches))
+    n = len(read_examples(args.train, name="training data", **columns_of(args, task)))
     config = IndexConfig(kind=args.kind, source=args.source, sketch_dim=args.sketch_dim, use_gpu=args.gpu,
                          seed=args.seed)
     t0 = time.perf_counter()
@@ -129,6 +128,12 @@ def index(args: argparse.Namespace) -> int:
     print(f"{args.source} index ({args.kind}) of {len(idx)} x {idx.dim} in {args.out} "
           f"({time.perf_counter() - t0:.1f}s{extra})")
     return 0
+
+
+def columns_of(args: argparse.Namespace, task) -> dict:
+    """The ``read_examples`` column options of a command's ``--input/--target/--id-column`` flags."""
+    return {"input_column": args.input_column, "target_column": args.target_column, "id_column": args.id_column,
+            "dict_batch": task.dict_batches}
 
 
 def load_callable(spec: str, flag: str):
@@ -165,8 +170,7 @@ def explain(args: argparse.Namespace) -> int:
     from ..scaling import ScalingConfig
 
     task = load_task(args.task)
-    cols = {"input_column": args.input_column, "target_column": args.target_column, "id_column": args.id_column,
-            "dict_batch": task.dict_batches}
+    cols = columns_of(args, task)
     train = read_examples(args.train, name="training data", **cols)
     test = read_examples(args.test, name="test data", **cols)
     solver = solver_of(args)

@@ -9,12 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .jobs import load_callable, load_task, solver_of
-
-
-def _columns(args: argparse.Namespace, task) -> dict:
-    return {"input_column": args.input_column, "target_column": args.target_column, "id_column": args.id_column,
-            "dict_batch": task.dict_batches}
+from .jobs import columns_of, load_callable, load_task, solver_of
 
 
 def self_influence(args: argparse.Namespace) -> int:
@@ -24,7 +19,7 @@ def self_influence(args: argparse.Namespace) -> int:
     from ..errors import RayifError
 
     task = load_task(args.task)
-    train = read_examples(args.train, name="training data", **_columns(args, task))
+    train = read_examples(args.train, name="training data", **columns_of(args, task))
     ids = None
     if args.sample is not None:
         if not 1 <= args.sample <= len(train):
@@ -59,7 +54,7 @@ def validate(args: argparse.Namespace) -> int:
         if not (args.task and args.train and args.test):
             raise RayifError("validate needs --task, --train and --test (or --digits logistic|mlp)")
         task = load_task(args.task)
-        cols = _columns(args, task)
+        cols = columns_of(args, task)
         train = read_examples(args.train, name="training data", **cols)
         test = read_examples(args.test, name="test data", **cols)
         train_source = args.train
@@ -131,13 +126,12 @@ def show(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .. import read_results
     from ..errors import RayifError
 
     path = Path(args.results)
     if not path.exists():
         raise RayifError(f"{path} does not exist (a results folder, or an influence .parquet file)")
-    table = pq.read_table(path) if path.is_file() else _read_folder(path, read_results)
+    table = pq.read_table(path) if path.is_file() else _read_folder(path)
     missing = {"test_id", "kind", "rank", "train_id", "influence"} - set(table.column_names)
     if missing:
         raise RayifError(f"{path} is not an influence result (no {sorted(missing)} columns)")
@@ -157,7 +151,8 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_folder(path: Path, read_results):
+def _read_folder(path: Path):
+    from .. import read_results
     from ..errors import RayifError
 
     if (path / "influence.parquet").exists():  # rayif explain's folder
