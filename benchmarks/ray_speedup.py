@@ -35,52 +35,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_table, write_json  # noqa: E402
+from _naive import naive_point  # noqa: E402
 
 from rayif import LissaConfig, RunConfig, ScalingConfig, explain  # noqa: E402
 from rayif.data import as_examples  # noqa: E402
 from rayif.digits import digits_task, load_digits_split  # noqa: E402
 from rayif.grads import Objective  # noqa: E402
 from rayif.ihvp import estimate_scale  # noqa: E402
-from rayif.ihvp.lissa import repetition_rng  # noqa: E402
 from rayif.scaling import ensure_ray  # noqa: E402
 
 WORKERS = (1, 2, 4)
-
-
-def naive_point(model, weight_decay, x_train, y_train, x, y, cfg: LissaConfig, seed: int) -> np.ndarray:
-    """FastIF's loop for one test point: influence of every training example, ``[n]``."""
-    params = list(model.parameters())
-
-    def flat(tensors):
-        return torch.cat([t.reshape(-1) for t in tensors])
-
-    def unflat(vec):
-        return [c.view_as(p) for c, p in zip(vec.split([p.numel() for p in params]), params, strict=True)]
-
-    def objective(xb, yb):
-        return F.cross_entropy(model(xb), yb) + 0.5 * weight_decay * sum((p * p).sum() for p in params)
-
-    v = flat(torch.autograd.grad(F.cross_entropy(model(x[None]), y[None]), params))
-    n, total = len(x_train), torch.zeros_like(v)
-    for t in range(cfg.repetitions):
-        batches = repetition_rng(seed, t).integers(0, n, size=(cfg.depth, cfg.batch_size))
-        h = v.clone()
-        for j in range(cfg.depth):
-            g = torch.autograd.grad(objective(x_train[batches[j]], y_train[batches[j]]), params, create_graph=True)
-            hv = flat(torch.autograd.grad(g, params, grad_outputs=unflat(h)))
-            h = (v + (1 - cfg.damping / cfg.scale) * h - hv / cfg.scale).detach()
-        total += h / cfg.scale
-    s_test = total / cfg.repetitions
-    out = np.empty(n)
-    for i in range(n):  # one backward per candidate
-        model.zero_grad()
-        objective(x_train[i : i + 1], y_train[i : i + 1]).backward()
-        out[i] = -float(s_test @ flat(p.grad for p in params))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""FastIF's measurements reproduced on this machine: ``python -m benchmarks.fastif [--quick]``."""
