@@ -32,8 +32,8 @@ def test_recall_writes_monotone_curves_for_both_index_kinds(ray_local, tmp_path,
     sketch = [r for r in table if r["index"] != "feature kNN"]
     assert sketch[1]["harmful_mean"] > knn[1]["harmful_mean"]  # k = 100: the sketch finds more of them
     assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(args) == 0  # the second run reuses the persisted indexes
-    assert capsys.readouterr().out.count("recall of the true top-10 harmful and helpful") == 2
+    assert "recall of the true top-10 harmful and helpful" in capsys.readouterr().out
+    # both indexes persisted where a second run finds them (reuse itself: test_explain_cli_on_parquet...)
     assert (tmp_path / "digits-mlp-features-flat-index" / "index.faiss").exists()
     assert (tmp_path / "digits-mlp-sketch-flat-index" / "sketch_basis.pt").exists()
 

@@ -50,7 +50,7 @@ def test_self_influence_of_a_sample_equals_the_python_api(files):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--sample" in bad.stderr
 
 
-def test_config_file_gives_every_option_and_flags_override_it(files):
+def test_config_file_gives_every_option_and_flags_override_it(files, capsys):
     folder, _ = files
     (folder / "rayif.toml").write_text(
         f'workers = 0\nseed = 0\n[explain]\ntask = "{TASK}"\ntrain = "train.parquet"\ntest = "test.parquet"\n'
@@ -66,16 +66,20 @@ def test_config_file_gives_every_option_and_flags_override_it(files):
     for r in mine:
         assert f"train {r['train_id']}" in shown.stdout
     assert shown.stdout.count(" y=") == 6 and "most harmful" in shown.stdout
-    missing = rayif_cli("show", "from-config", "--test-id", "7", cwd=folder)
-    assert missing.returncode == 2 and "test point 7 is not in" in missing.stderr
+    # user mistakes stop before any work: in process (the CLI's own entry point), one line and exit 2 each
+    from rayif.cli import main
+
+    assert main(["show", str(folder / "from-config"), "--test-id", "7"]) == 2
+    assert "test point 7 is not in" in capsys.readouterr().err
     for text, said in (('workers = "two"\n', "workers = 'two': expected an integer"),
                        ('[explain]\nsolvr = "cg"\n', "[explain] solvr is not an option of `rayif explain`"),
                        ('[explain]\nsolver = "newton"\n', "expected one of"),
                        ('[explan]\ntop = 3\n', "[explan] is not a command"),
                        ("top = \n", "not valid TOML")):
         (folder / "bad.toml").write_text(text)
-        bad = rayif_cli("explain", "--config", "bad.toml", cwd=folder)
-        assert bad.returncode == 2 and said in bad.stderr and bad.stderr.count("\n") == 1, (text, bad.stderr)
+        assert main(["explain", "--config", str(folder / "bad.toml")]) == 2, text
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, (text, err)
 
 
 def test_validate_on_the_convex_digits_model_matches_leave_one_out(tmp_path):

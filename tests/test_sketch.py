@@ -16,7 +16,7 @@ from rayif.config import ExactConfig
 from rayif.data import Examples
 from rayif.digits import cross_entropy
 from rayif.grads import Objective
-from rayif.index import FeatureIndex, GradientSketch, IndexConfig, build_index, candidate_recall
+from rayif.index import FeatureIndex, GradientSketch, IndexConfig, build_index
 from rayif.index.sketch import Sketcher, fit_basis
 
 from .test_products import MODELS, _data, _task
@@ -140,19 +140,6 @@ def test_the_index_through_ray_data_equals_the_sketches_in_one_process(sketched)
     want = np.concatenate([here.train((x[i : i + 300], y[i : i + 300])) for i in range(0, len(x), 300)])
     got = idx.index.reconstruct_batch(np.arange(len(x), dtype=np.int64))  # ids are row positions here
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
-
-
-def test_recall_of_exact_top_harmful_and_helpful_beats_feature_knn(sketched, mlp, ray_local):
-    """The issue's bar at k = max(1% of n, 100) = 100 on the digits MLP, 50 test points, exact influence at
-    the user's damping: >= 0.9 on both sides, and well above FastIF's feature kNN on the same points."""
-    task, split, idx = sketched
-    features = build_index(task, (split.x_train, split.y_train))
-    test = (split.x_test[:50], split.y_test[:50])
-    t = candidate_recall(task, (split.x_train, split.y_train), test, {"sketch": idx, "knn": features}, [100],
-                         solver=ExactConfig()).to_pylist()
-    sketch, knn = (next(r for r in t if r["index"] == n) for n in ("sketch", "knn"))
-    assert sketch["harmful_mean"] >= 0.9 and sketch["helpful_mean"] >= 0.9, sketch
-    assert sketch["harmful_mean"] > knn["harmful_mean"] + 0.3, (sketch, knn)
 
 
 def test_an_ivf_sketch_index_probing_every_cell_finds_what_flat_finds(sketched):

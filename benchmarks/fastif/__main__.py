@@ -36,7 +36,7 @@ def run(settings: Settings, out: Path, sections: tuple[str, ...] = SECTIONS, log
     t_all = time.perf_counter()
     results: dict[str, Any] = {"settings": settings.__dict__, "machine": report.machine(),
                                "command": "python -m benchmarks.fastif" + (" --quick" if settings.quick else ""),
-                               "seconds": {}}
+                               "sections": list(sections), "seconds": {}}
     problems: dict[str, Problem] = {}
 
     def problem(kind: str) -> Problem:

@@ -11,7 +11,7 @@ from .workload import Problem, Settings
 
 def run(p: Problem, s: Settings) -> dict[str, Any]:
     n = len(p.train)
-    ks = sorted({max(10, round(f * n)) for f in s.recall_fractions})
+    ks = sorted({max(2, round(f * n)) for f in s.recall_fractions})
     table = candidate_recall(p.task, p.train, p.test, {"feature kNN": p.indexes["features"],
                                                        "gradient sketch": p.indexes["sketch"]},
                              ks, top=10, seed=s.seed, values=p.exact, s_test=p.s_exact)

@@ -14,6 +14,7 @@ import torch
 
 from rayif import RunConfig, ScalingConfig, explain
 from rayif.index.recall import true_top
+from rayif.results import metadata
 
 from .workload import Problem, Settings, agreement, top_overlap
 
@@ -75,7 +76,7 @@ def run(p: Problem, s: Settings) -> dict[str, Any]:
         cand = np.stack([np.sort(i) for i in ids]) if index is not None else None
         rows.append({"method": name, "where": f"{workers} Ray worker{'s' if workers > 1 else ''}, {m} test points",
                      "points": m, "s_per_point": wall / m, "one_off_s": one_off,
-                     "solver": _shape(solver) if solver else job.get("solver", {}).get("kind", "auto"),
+                     "solver": _shape(solver) if solver else _auto(metadata(table)["solver"]),
                      "phases_s": job["seconds"],
                      **agreement(values, [p.exact[i, ids[i]] for i in range(m)]),
                      "top10_harmful": top_overlap([ids[i][np.argsort(-values[i], kind="stable")] for i in range(m)],
@@ -95,6 +96,12 @@ def run(p: Problem, s: Settings) -> dict[str, Any]:
 
 def _shape(cfg: Any) -> str:
     return f"LiSSA J={cfg.depth} B={cfg.batch_size} T={cfg.repetitions}"
+
+
+def _auto(chosen: dict[str, Any]) -> str:
+    """What the automatic solver chose, e.g. ``auto: CG + ekfac``."""
+    pre = chosen.get("preconditioner")
+    return f"auto: {chosen['method'].upper()}" + (f" + {pre.upper()}" if pre else "")
 
 
 def _per_test(table, test_ids: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:

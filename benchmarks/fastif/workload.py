@@ -61,7 +61,7 @@ class Settings:
                    recall_fractions=(0.01, 0.05, 0.1, 0.5, 1.0), grid_points=10,
                    grid_depths=(100, 300), grid_batches=(8,), grid_repetitions=(1, 2), cg_tols=(1e-3,),
                    preconditioned_lissa=False, retrain_points=4, retrain_points_mlp=2, remove=(1, 10),
-                   random_seeds=1, mlp_retrain_iters=50, scale_rows=20_000, scale_test_points=100, scale_k=100,
+                   random_seeds=1, mlp_retrain_iters=50, scale_rows=10_000, scale_test_points=50, scale_k=100,
                    quick=True)
 
 
