@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, print_table, write_json  # noqa: E402
+from _common import RESULTS, Memory, print_table, write_json  # noqa: E402
 
 from rayif import Task, as_examples  # noqa: E402
 from rayif.index import IndexConfig, build_index  # noqa: E402
@@ -118,47 +117,6 @@ def single_process(data: Path, model: torch.nn.Module, batch: int):
     return index
 
 
-class RssPeak:
-    """Peak RSS (MiB) of this process, and of this process plus every ``ray::`` worker, sampled in a thread."""
-
-    def __init__(self, period: float = 0.05):
-        self.period, self.own, self.total = period, 0.0, 0.0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-
-    def _run(self):
-        while not self._stop.is_set():
-            own = _rss(Path("/proc/self"))
-            workers = sum(_rss(p) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_ray_worker(p))
-            self.own, self.total = max(self.own, own), max(self.total, own + workers)
-            time.sleep(self.period)
-
-
-def _rss(p: Path) -> float:
-    try:
-        for line in (p / "status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _is_ray_worker(p: Path) -> bool:
-    try:
-        return (p / "cmdline").read_bytes().startswith(b"ray::")
-    except OSError:
-        return False
-
-
 def _ivf_check(task, data: Path, flat, batch_size: int):
     """IVF-Flat at the defaults on the same rows: build time, recall@10 against flat, queries per second."""
     import pyarrow.parquet as pq
@@ -204,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.rows:,} rows x {DIM} in {FILES} parquet files; MLP 64-128-64-10; {args.source}: flat index "
           f"~{index_mib:.0f} MiB; torch threads {torch.get_num_threads()}")
 
-    with RssPeak() as mem_single:
+    with Memory() as mem_single:
         t0 = time.perf_counter()
         if args.source == "sketch":
             base = single_process_sketch(data, task, args.batch_size, config)
@@ -214,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"single process: {single_s:.2f} s")
 
     ray.init(include_dashboard=False, log_to_driver=False)
-    with RssPeak() as mem_ray:
+    with Memory() as mem_ray:
         t0 = time.perf_counter()
         idx = build_index(task, str(data), config)
         ray_s = time.perf_counter() - t0
@@ -233,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         task, data, idx, args.batch_size)
     rows = [
         {"method": "single-process loop", "seconds": single_s, "rows_s": args.rows / single_s, "ratio": 1.0,
-         "own": mem_single.own, "total": mem_single.total},
+         "own": mem_single.driver, "total": mem_single.total},
         {"method": "rayif build_index (Ray Data)", "seconds": ray_s, "rows_s": args.rows / ray_s,
-         "ratio": single_s / ray_s, "own": mem_ray.own, "total": mem_ray.total},
+         "ratio": single_s / ray_s, "own": mem_ray.driver, "total": mem_ray.total},
         {"method": "  after its first batch (steady state)", "seconds": ray_s - first_s, "rows_s": steady,
          "ratio": steady / (args.rows / single_s)},
     ]
@@ -244,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows, [("method", "method", "s"), ("seconds", "seconds", ".2f"), ("rows_s", "rows/s", ",.0f"),
                        ("ratio", "x single", ".2f"), ("own", "driver peak RSS MiB", ".0f"),
                        ("total", "driver+workers MiB", ".0f")])
-    print(f"\nrows/s ratio {single_s / ray_s:.2f} (goal >= 0.8); driver peak RSS {mem_ray.own:.0f} MiB vs index "
+    print(f"\nrows/s ratio {single_s / ray_s:.2f} (goal >= 0.8); driver peak RSS {mem_ray.driver:.0f} MiB vs index "
           f"{index_mib:.0f} MiB + 1024 (goal: at most {index_mib + 1024:.0f})")
     if recall:
         print(f"IVF-Flat at the defaults (nlist {recall['nlist']}, nprobe {recall['nprobe']}): built in {ivf_s:.1f} "
@@ -253,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json("index_build" if args.source == "features" else "index_build_sketch", {
         "rows": args.rows, "dim": dim, "source": args.source, "files": FILES, "batch_size": args.batch_size,
         "index_mib": index_mib,
-        "single_process": {"seconds": single_s, "rows_per_s": args.rows / single_s, "peak_rss_mib": mem_single.own},
-        "rayif": {"seconds": ray_s, "rows_per_s": args.rows / ray_s, "peak_rss_mib": mem_ray.own,
+        "single_process": {"seconds": single_s, "rows_per_s": args.rows / single_s, "peak_rss_mib": mem_single.driver},
+        "rayif": {"seconds": ray_s, "rows_per_s": args.rows / ray_s, "peak_rss_mib": mem_ray.driver,
                   "peak_rss_with_workers_mib": mem_ray.total, "first_batch_seconds": first_s,
                   "steady_rows_per_s": steady},
         "ratio": single_s / ray_s,

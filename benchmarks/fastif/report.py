@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rayif.plotting import pyplot, save
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import machine  # noqa: E402, F401  (the run's machine, described as every benchmark describes it)
 
 # the thresholds tests/test_ground_truth.py and test_solvers.py hold every change to; the sketch recall bar of
 # issue 11 is held here (the quick mode measures it on the digits MLP, as test_sketch.py did)
@@ -21,25 +21,6 @@ LISSA_PEARSON = 98.0  # FastIF's plain LiSSA against exact at the same damping, 
 LOO_PEARSON = 0.99  # exact influence against leave-one-out retraining, convex model
 SKETCH_RECALL = 0.9  # exact top-10 harmful / helpful among k = 10% gradient-sketch candidates
 KNN_MARGIN = 0.3  # ... and that far above FastIF's feature kNN on the harmful side
-
-
-def machine() -> dict[str, Any]:
-    import faiss
-    import numpy
-    import ray
-    import torch
-
-    import rayif
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    mem = next((int(line.split()[1]) / 2**20 for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), float("nan")) if Path("/proc/meminfo").exists() else float("nan")
-    return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1),
-            "gpu": "none" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
-            "platform": platform.platform(), "python": sys.version.split()[0], "rayif": rayif.__version__,
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "ray": ray.__version__,
-            "faiss": faiss.__version__, "numpy": numpy.__version__}
 
 
 def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -183,7 +164,7 @@ def write(r: dict[str, Any], out: Path) -> Path:
     figures = plot(r, img)
     m = r["machine"]
     md = [f"# rayif against FastIF, measured on {m['date']}", "",
-          f"`{r['command']}` ({r['seconds']['total'] / 60:.1f} min). Machine: {m['cpu']}, {m['cores']} cores, "
+          f"`{r['command']}` ({r['seconds']['total'] / 60:.1f} min). Machine: {m['cpu']}, {m['cpus']} cores, "
           f"{m['memory_gib']} GiB, GPU: {m['gpu']}; {m['platform']}; Python {m['python']}, rayif {m['rayif']}, "
           f"torch {m['torch']} ({m['torch_threads']} threads), Ray {m['ray']}, FAISS {m['faiss']}. The numbers are "
           "this run's; RESULTS.json holds every one of them.", ""]

@@ -17,6 +17,7 @@ from rayif.data import Examples, as_examples
 from rayif.digits import digits_task, load_digits_split, retrainer
 from rayif.grads import Objective
 from rayif.ihvp import estimate_scale
+from rayif.kernels import influence_from_grads
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,7 @@ def balanced_sample(correct: np.ndarray, m: int, seed: int) -> np.ndarray:
 def influence_of(task: Any, train: Examples, s_test: torch.Tensor) -> np.ndarray:
     """``-s_test . grad L(z)`` for every training row: ``[m, n]`` float64."""
     obj = Objective(task)
-    s = s_test.to(torch.float64)
-    return np.concatenate([-(s @ obj.train_grads(c).to(torch.float64).T).numpy() for c in train.chunks(4096)], axis=1)
+    return np.concatenate([influence_from_grads(s_test, obj.train_grads(c)) for c in train.chunks(4096)], axis=1)
 
 
 def agreement(values: list[np.ndarray], exact: list[np.ndarray]) -> dict[str, float]:
