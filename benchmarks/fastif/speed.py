@@ -3,7 +3,6 @@ by FastIF's naive loop measured in the same run, and each one's agreement with e
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -70,14 +69,14 @@ def run(p: Problem, s: Settings) -> dict[str, Any]:
                         index=index, k=k if index else None, scaling=ScalingConfig(num_workers=workers),
                         run_config=RunConfig(progress=False))
         wall = time.perf_counter() - t0
-        job = json.loads(table.schema.metadata[b"rayif.job"])
+        meta = metadata(table)
         ids, values = _per_test(table, p.test.ids)
         explained[f"{source}:{workers}"] = (ids, values)
         cand = np.stack([np.sort(i) for i in ids]) if index is not None else None
         rows.append({"method": name, "where": f"{workers} Ray worker{'s' if workers > 1 else ''}, {m} test points",
                      "points": m, "s_per_point": wall / m, "one_off_s": one_off,
-                     "solver": _shape(solver) if solver else _auto(metadata(table)["solver"]),
-                     "phases_s": job["seconds"],
+                     "solver": _shape(solver) if solver else _auto(meta["solver"]),
+                     "phases_s": meta["job"]["seconds"],
                      **agreement(values, [p.exact[i, ids[i]] for i in range(m)]),
                      "top10_harmful": top_overlap([ids[i][np.argsort(-values[i], kind="stable")] for i in range(m)],
                                                   exact_harmful),

@@ -22,7 +22,7 @@ from rayif.kernels import influence_from_grads
 
 @dataclass(frozen=True)
 class Settings:
-    """One run's sizes. ``full()`` is what RESULTS.md reports; ``quick()`` is what CI runs in a few minutes.
+    """One run's sizes. ``full()`` is what RESULTS.md reports; ``quick_mode()`` is what CI runs in a few minutes.
 
     LiSSA shapes are ``(J, B, T)``: recursion depth, rows per sampled batch, independent repetitions.
     """
