@@ -6,23 +6,25 @@ Convention: ``influence = -grad L(z_test)^T H^-1 grad L(z)``; positive = harmful
 from .api import compute_s_test, explain, influence_matrix, self_influence
 from .config import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig, SolverConfig
 from .data import Examples, as_examples
-from .errors import LissaDivergenceError, NonFiniteError, RayifError, SolverError
+from .errors import ConvergenceError, IndefiniteError, LissaDivergenceError, NonFiniteError, RayifError, SolverError
 from .index import FeatureIndex, IndexConfig, build_index
 from .results import SCHEMA, write_parquet
 from .runner import read_results
 from .scaling import ScalingConfig
 from .task import Task
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "SCHEMA",
     "AutoConfig",
     "CGConfig",
+    "ConvergenceError",
     "EKFACConfig",
     "Examples",
     "ExactConfig",
     "FeatureIndex",
+    "IndefiniteError",
     "IndexConfig",
     "LissaConfig",
     "LissaDivergenceError",

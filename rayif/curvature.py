@@ -46,6 +46,7 @@ class Objective(Protocol):
 
     def train_losses(self, theta: Tensor, batch: Any) -> Tensor: ...
     def outputs(self, theta: Tensor, batch: Any) -> Tensor: ...
+    def output_spec(self, batch: Any) -> Any: ...
     def output_losses(self, outputs: Tensor, batch: Any) -> Tensor: ...
     def params(self, theta: Tensor) -> dict[str, Tensor]: ...
 
@@ -69,6 +70,8 @@ def product(obj: Objective, vectors: Tensor, batch: Any, curvature: str = "hessi
     if curvature not in ("hessian", "ggn"):
         raise RayifError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
     fns = _PATHS[curvature]
+    if curvature == "ggn":
+        obj.output_spec(batch)  # checked outside the transforms, once: which output the loss reads
     if path is not None:
         return fns[PATHS.index(path)](obj, vectors, batch)
     state = obj._product_paths

@@ -16,12 +16,12 @@ from .errors import RayifError
 
 
 def map_batch(fn: Callable[[Tensor], Any], batch: Any) -> Any:
-    """``fn`` applied to every tensor of a batch (a tensor, a tuple / list or a dict of tensors)."""
-    if isinstance(batch, Tensor):
-        return fn(batch)
+    """``fn`` applied to every array of a batch (a tensor, or tuples / lists / dicts of them, nested)."""
     if isinstance(batch, Mapping):
-        return {k: fn(v) for k, v in batch.items()}
-    return tuple(fn(v) for v in batch)
+        return {k: map_batch(fn, v) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return tuple(map_batch(fn, v) for v in batch)
+    return fn(batch)
 
 
 def batch_leaves(batch: Any) -> list[tuple[str, Tensor]]:

@@ -17,3 +17,13 @@ class LissaDivergenceError(RayifError):
 
 class SolverError(RayifError):
     """An inverse-HVP solver could not produce a trustworthy answer (indefinite Hessian, no convergence)."""
+
+
+class IndefiniteError(SolverError):
+    """The curvature plus damping is not positive definite: the point is not a minimum of the damped objective.
+    ``solver="auto"`` answers with the Gauss-Newton curvature instead; an explicit ``curvature="hessian"`` stops."""
+
+
+class ConvergenceError(SolverError):
+    """An iterative solver stopped at its iteration cap before its tolerance; ``solver="auto"`` then solves
+    exactly where the explicit matrix fits."""

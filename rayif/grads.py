@@ -1,4 +1,4 @@
-"""Per-example gradients and Hessian-vector products on matrices of vectors, with ``torch.func``.
+"""The training objective of one model replica: losses, per-example gradients, curvature products.
 
 Everything here works on the *flat* vector ``theta`` of the selected parameters (``[p]``), so solvers
 and scoring are plain linear algebra on ``[m, p]`` matrices. Batches are whatever the task takes: an
@@ -7,68 +7,19 @@ and scoring are plain linear algebra on ``[m, p]`` matrices. Batches are whateve
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad, vmap
+from torch.func import grad
 
 from .curvature import product as curvature_product
 from .data import Examples, batch_leaves, map_batch
 from .errors import NonFiniteError, RayifError
+from .functional import FunctionalModel, Given, OutputSpec, default_key, differentiable_kernels, fields, rebuild, select
+from .per_example import PerExampleGrads
 from .task import Task, model_fingerprint
-
-
-@contextmanager
-def _differentiable_attention():
-    """Attention on its math kernels: the fused scaled-dot-product kernels have no double backward (an HVP
-    through ``nn.MultiheadAttention`` needs one), and the fused inference path of a frozen
-    ``nn.TransformerEncoderLayer`` has no batching rule (per-example gradients would loop over examples)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    mha = torch.backends.mha
-    fast = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
-    try:
-        with sdpa_kernel([SDPBackend.MATH]):
-            yield
-    finally:
-        mha.set_fastpath_enabled(fast)
-
-
-class _Call:
-    """The replica as a callable with the parameters in ``theta``: what ``Task.batch_loss`` receives."""
-
-    def __init__(self, module: torch.nn.Module, params: dict[str, Tensor]):
-        self.module, self.params = module, params
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self.module, self.params, args, kwargs)
-
-
-class _Recording(_Call):
-    """The replica as :class:`_Call`, remembering what each call returned (the model's outputs)."""
-
-    def __init__(self, module: torch.nn.Module, params: dict[str, Tensor]):
-        super().__init__(module, params)
-        self.outputs: list[Any] = []
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        out = super().__call__(*args, **kwargs)
-        self.outputs.append(out)
-        return out
-
-
-class _Given:
-    """A stand-in model that returns given outputs: ``batch_loss`` on it is the loss as a function of them."""
-
-    def __init__(self, outputs: Tensor):
-        self.outputs = outputs
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
-        return self.outputs
 
 
 class Objective:
@@ -82,15 +33,22 @@ class Objective:
         self.task = task
         self.device = torch.device(device)
         self.model = task.build_model(self.device) if model is None else model.to(self.device).eval()
+        for m in self.model.modules():  # in-place activations save memory in training only; here they defeat
+            if isinstance(getattr(m, "inplace", None), bool):  # vmap's batching rules (as_strided_)
+                m.inplace = False
         named = dict(self.model.named_parameters())
         self.names = task.selected_params(self.model)
         self.shapes = [named[n].shape for n in self.names]
         self.numels = [named[n].numel() for n in self.names]
         self.theta = torch.cat([named[n].detach().reshape(-1) for n in self.names])
         self.dtype = self.theta.dtype
-        self._fixed = {n: p.detach() for n, p in named.items() if n not in set(self.names)}
-        self._fixed.update(dict(self.model.named_buffers()))
+        selected = set(self.names)
+        self.fixed = {n: p.detach() for n, p in named.items() if n not in selected}  # and the buffers:
+        self.fixed.update(dict(self.model.named_buffers()))
+        self.per_example = PerExampleGrads(self.model, self.names, self.fixed)
         self._product_paths: dict[str, str] = {}  # curvature -> the path its products take (rayif.curvature)
+        self._spec: OutputSpec | None = None
+        self._penalty_grad: Tensor | None = None
 
     @property
     def num_params(self) -> int:
@@ -105,10 +63,12 @@ class Objective:
         """The selected parameters as a name -> tensor mapping (views into ``theta``)."""
         return {n: t.view(s) for n, s, t in zip(self.names, self.shapes, theta.split(self.numels), strict=True)}
 
-    def _call(self, theta: Tensor) -> _Call:
-        return _Call(self.model, {**self._fixed, **self.params(theta)})
+    def call(self, theta: Tensor, record: bool = False) -> FunctionalModel:
+        """The model with the selected parameters taken from ``theta``: what ``Task.batch_loss`` receives."""
+        return FunctionalModel(self.model, {**self.fixed, **self.params(theta)}, record)
 
-    def _penalty(self, theta: Tensor) -> Tensor:
+    def penalty(self, theta: Tensor) -> Tensor:
+        """The regulariser (weight decay and ``Task.regularizer``) at ``theta``, a scalar."""
         out = theta.new_zeros(())
         if self.task.weight_decay:
             out = out + 0.5 * self.task.weight_decay * (theta * theta).sum()
@@ -116,9 +76,15 @@ class Objective:
             out = out + self.task.regularizer(self.params(theta))
         return out
 
+    def penalty_grad(self) -> Tensor:
+        """``[p]``: the regulariser's gradient at ``theta``, part of every per-example training gradient."""
+        if self._penalty_grad is None:
+            self._penalty_grad = grad(self.penalty)(self.theta.detach()).detach()
+        return self._penalty_grad
+
     def train_losses(self, theta: Tensor, batch: Any) -> Tensor:
         """``[b]`` per-example training losses, regulariser included."""
-        return self._per_example(self.task.train_losses, theta, batch) + self._penalty(theta)
+        return self._per_example(self.task.train_losses, theta, batch) + self.penalty(theta)
 
     def test_losses(self, theta: Tensor, batch: Any) -> Tensor:
         """``[b]`` per-example test losses (the measurement; no regulariser)."""
@@ -126,30 +92,67 @@ class Objective:
 
     # --- the model / loss split the Gauss-Newton curvature needs ------------------------------------
 
-    def outputs(self, theta: Tensor, batch: Any) -> Tensor:
-        """The model's outputs on ``batch`` (``[b, ...]``): what the loss is a function of."""
-        with _differentiable_attention():
-            if not self.task.dict_batches:
-                return self._call(theta)(batch[0])
-            rec = _Recording(self.model, {**self._fixed, **self.params(theta)})
-            self.task.batch_loss(rec, batch)
-        if len(rec.outputs) != 1 or not isinstance(rec.outputs[0], Tensor):
+    def _model_output(self, model: FunctionalModel, batch: Any) -> Any:
+        """What the model returns on ``batch`` (a tensor, dict, tuple or ``ModelOutput``)."""
+        if not self.task.dict_batches:
+            return model(batch[0])
+        rec = FunctionalModel(model.module, model.params, record=True)
+        self.task.batch_loss(rec, batch)
+        if len(rec.outputs) != 1:
             raise RayifError(
-                f"curvature='ggn' splits the loss into model outputs and a loss of those outputs: Task.batch_loss "
-                f"must call the model exactly once and get a tensor back (it made {len(rec.outputs)} call(s) "
-                f"returning {[type(o).__name__ for o in rec.outputs]}); use curvature='hessian'")
+                f"curvature='ggn' and the Kronecker factors split the loss into model outputs and a loss of those "
+                f"outputs: Task.batch_loss must call the model exactly once (it made {len(rec.outputs)} calls); "
+                "use curvature='hessian' with preconditioner=None")
         return rec.outputs[0]
+
+    def _loss_of_output(self, output: Any, batch: Any) -> Tensor:
+        if not self.task.dict_batches:
+            return self.task.loss(output, batch[1])
+        return self.task.batch_loss(Given(output), batch)
+
+    def output_spec(self, batch: Any) -> OutputSpec:
+        """Where the loss's input sits in the model's output (``Task.output_key``, else the default rule of
+        :func:`rayif.functional.default_key`), checked once on two rows of ``batch``: the loss must read
+        no other floating-point output."""
+        if self._spec is None:
+            rows = map_batch(lambda t: t[:2], batch)
+            with torch.enable_grad(), differentiable_kernels():
+                out = self._model_output(self.call(self.theta.detach()), rows)
+                key = default_key(out) if self.task.output_key is None else self.task.output_key
+                main = select(out, key)
+                others = {k: v.detach().requires_grad_(True) for k, v in fields(out)
+                          if k != key and isinstance(v, Tensor) and v.is_floating_point()}
+                if others:
+                    losses = self._loss_of_output(rebuild(out, {key: main.detach(), **others}, True), rows)
+                    got = (torch.autograd.grad(losses.sum(), list(others.values()), allow_unused=True)
+                           if losses.requires_grad else [None] * len(others))
+                    read = [k for k, g in zip(others, got, strict=True) if g is not None]
+                    if read:
+                        raise RayifError(
+                            f"the loss reads the model's outputs {read} besides {key!r}: curvature='ggn' and the "
+                            "Kronecker factors need the loss as a function of one output tensor; set "
+                            "Task.output_key, or use curvature='hessian' with preconditioner=None")
+            self._spec = OutputSpec.of(out, key)
+        return self._spec
+
+    def outputs(self, theta: Tensor, batch: Any) -> Tensor:
+        """The output tensor the loss reads on ``batch`` (``[b, ...]``, see :meth:`output_spec`)."""
+        return self.outputs_of(self.call(theta), batch)
+
+    def outputs_of(self, model: FunctionalModel, batch: Any) -> Tensor:
+        """As :meth:`outputs`, for the model with any parameters (a per-example gradient's)."""
+        spec = self.output_spec(batch)
+        with differentiable_kernels():
+            return select(self._model_output(model, batch), spec.key)
 
     def output_losses(self, outputs: Tensor, batch: Any) -> Tensor:
         """``[b]`` per-example training losses as a function of the model's ``outputs`` (no regulariser)."""
-        if not self.task.dict_batches:
-            return self.task.loss(outputs, batch[1])
-        return self.task.batch_loss(_Given(outputs), batch)
+        return self._loss_of_output(self.output_spec(batch).wrap(outputs), batch)
 
     def _per_example(self, fn, theta: Tensor, batch: Any) -> Tensor:
         b = batch_leaves(batch)[0][1].shape[0]
-        with _differentiable_attention():
-            out = fn(self._call(theta), batch)
+        with differentiable_kernels():
+            out = fn(self.call(theta), batch)
         if not isinstance(out, Tensor) or out.dim() != 1 or out.shape[0] != b:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise RayifError(f"the loss must return one value per example, shape [{b}], got {got}; "
@@ -186,27 +189,31 @@ class Objective:
         with torch.no_grad():
             for chunk in examples.chunks(chunk_size):
                 c = chunk.to(self.device)
-                _require_finite(losses(self.theta, c.batch)[:, None], chunk.ids, f"{name} loss")
+                require_finite(losses(self.theta, c.batch)[:, None], chunk.ids, f"{name} loss")
 
     # --- gradients --------------------------------------------------------------------------------
 
     def train_grads(self, examples: Examples) -> Tensor:
         """``[b, p]`` per-example gradients of the training loss (regulariser included)."""
-        return self._grads(self.train_losses, examples, "training")
+        return self.per_example_grads(self.task.train_losses, examples, "training loss") + self.penalty_grad()
 
     def test_grads(self, examples: Examples) -> Tensor:
         """``[b, p]`` per-example gradients of the test loss."""
-        return self._grads(self.test_losses, examples, "test")
+        return self.per_example_grads(self.task.test_losses, examples, "test loss")
 
-    def _grads(self, losses, examples: Examples, what: str) -> Tensor:
+    def per_example_grads(self, fn, examples: Examples, what: str) -> Tensor:
+        """``[b, p]`` per-example gradients of ``fn(model, batch) -> [b]`` (no regulariser), by the path
+        :mod:`rayif.per_example` chose for this model (on the training loss)."""
         ex = examples.to(self.device)
-
-        def one(theta, example):
-            return losses(theta, map_batch(lambda v: v.unsqueeze(0), example))[0]
-
-        g = vmap(grad(one), in_dims=(None, 0))(self.theta, ex.batch)
-        _require_finite(g, examples.ids, f"{what} loss gradient")
+        self.grad_path(ex.batch)
+        g = self.per_example.flat(fn, ex.batch)
+        require_finite(g, examples.ids, f"{what} gradient")
         return g
+
+    def grad_path(self, batch: Any) -> str:
+        """The per-example gradient path (``"hooks"``, ``"vmap"`` or ``"loop"``), chosen on ``batch``'s first
+        rows the first time."""
+        return self.per_example.path or self.per_example.choose(self.task.train_losses, batch)
 
     def product(self, vectors: Tensor, batch: Any, curvature: str = "hessian") -> Tensor:
         """``[m, p]``: the curvature (``"hessian"`` or ``"ggn"``) of the mean training loss on ``batch``
@@ -232,12 +239,12 @@ class Objective:
             hv = self.product(vectors, c.batch, curvature)
             if not bool(torch.isfinite(hv).all()):
                 self.train_grads(chunk)  # names the examples when their gradients are the cause
-                _require_finite(hv, None, f"Hessian-vector product on training ids {chunk.ids[0]}..{chunk.ids[-1]}")
+                require_finite(hv, None, f"Hessian-vector product on training ids {chunk.ids[0]}..{chunk.ids[-1]}")
             out += hv * (len(chunk) / n)
         return out
 
 
-def _require_finite(t: Tensor, ids: np.ndarray | None, what: str) -> None:
+def require_finite(t: Tensor, ids: np.ndarray | None, what: str) -> None:
     bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
     if bool(bad.any()):
         if ids is None:
@@ -249,4 +256,4 @@ def _require_finite(t: Tensor, ids: np.ndarray | None, what: str) -> None:
 
 def require_finite_vectors(t: Tensor, what: str) -> None:
     """Raise :class:`NonFiniteError` if any row of ``t`` is not finite."""
-    _require_finite(t, None, what)
+    require_finite(t, None, what)

@@ -22,6 +22,7 @@ from .data import Examples
 from .errors import RayifError
 from .grads import Objective, require_finite_vectors
 from .ihvp import KroneckerFactors, SolveStats, estimate_scale, kfac, lissa_repetition, make_solver
+from .ihvp.lanczos import smallest_eigenvalue
 from .kernels import ChunkWork, TopInfluence, influence_from_grads
 from .task import Task
 
@@ -57,9 +58,10 @@ class Replica:
 
     def warm_up(self) -> None:
         """The first per-example gradient and HVP in a fresh process pay about a second of torch.func set-up;
-        paying it at start overlaps it across workers instead of stalling the first unit."""
+        paying it at start overlaps it across workers instead of stalling the first unit. The per-example
+        gradient path is chosen here, on the first two rows."""
+        self.objective.train_grads(self.train.take(slice(0, 2)))
         one = self.train.take(slice(0, 1))
-        self.objective.train_grads(one)
         # enough vectors for the batched path: its set-up, and its check for operations without a batching rule
         vectors = self.objective.theta[None].expand(BATCHED_FROM, -1).clone()
         self.objective.hvp(vectors, one.to(self.device).batch)
@@ -71,6 +73,11 @@ class Replica:
                 "params_sha256": hashlib.sha256("\n".join(o.names).encode()).hexdigest()}
 
     # --- units ------------------------------------------------------------------------------------
+
+    def grad_path(self) -> dict:
+        """The per-example gradient path of this model (chosen on the first two training rows) and why."""
+        self.objective.grad_path(self.train.take(slice(0, 2)).to(self.device).batch)
+        return {"path": self.objective.per_example.path, "why": self.objective.per_example.why}
 
     def check(self, which: str, start: int, stop: int) -> None:
         """Validate rows ``[start, stop)`` of the training (``which="train"``) or test data."""
@@ -115,12 +122,32 @@ class Replica:
             return lissa_repetition(self.objective, self.train, v, solver, scale=scale, seed=seed,
                                     repetition=repetition, precondition=kfac.preconditioner(factors, solver),
                                     progress=self.progress)
+        s = self._solver(solver, seed, chunk_size, factors)
+        return s.solve(v), s.stats
+
+    def _solver(self, solver: SolverConfig, seed: int, chunk_size: int, factors: KroneckerFactors | None):
         key = (repr(solver), seed, chunk_size)  # exact builds its matrix once per replica
         if key not in self._solvers:
             self._solvers[key] = make_solver(self.objective, self.train, solver, seed=seed, chunk_size=chunk_size,
                                              factors=factors)
-        s = self._solvers[key]
-        return s.solve(v), s.stats
+        return self._solvers[key]
+
+    def probe(self, solver: SolverConfig, steps: int, seed: int, chunk_size: int) -> dict:
+        """What ``solver="auto"`` checks before its first solve: ``smallest``, the smallest eigenvalue of the
+        Hessian after ``steps`` Lanczos iterations (``None`` when not checked; the exact solve and CG check
+        again as they solve), and ``ggn``, why the loss cannot be split at one model output (``None`` when it
+        can)."""
+        o = self.objective
+        try:
+            o.output_spec(self.train.take(slice(0, 2)).to(self.device).batch)
+            ggn = None
+        except RayifError as e:
+            ggn = str(e)
+        smallest = None
+        if solver.curvature == "hessian" and steps:
+            smallest = smallest_eigenvalue(lambda x: o.full_hvp(x, self.train, chunk_size), o.num_params, steps,
+                                           seed, o.dtype, o.device)
+        return {"smallest": smallest, "ggn": ggn}
 
     def score(self, s_test: Tensor, work: list[ChunkWork], top: int) -> TopInfluence:
         """Top influences over the chunks in ``work`` (every row, or only the candidate pairs)."""

@@ -20,21 +20,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .config import AutoConfig, LissaConfig, RunConfig, SolverConfig, solver_name, solver_to_dict
+from .auto import Choice
+from .config import AutoConfig, LissaConfig, RunConfig, SolverConfig, solver_to_dict
 from .data import Examples, ids_digest
-from .errors import RayifError
+from .errors import ConvergenceError, IndefiniteError, LissaDivergenceError, RayifError
 from .executors import Call, Executor
 from .grads import require_finite_vectors
 from .ihvp import KroneckerFactors, SolveStats, kfac
 from .kernels import TopInfluence, candidate_plan, candidate_positions, chunk_grid, shards
 from .progress import Progress
 from .replica import check_ranges
-from .results import GROUP_TEST_ID, SCHEMA, SELF_INFLUENCE_SCHEMA, ranked_table, with_metadata
+from .results import GROUP_TEST_ID, SCHEMA, SELF_INFLUENCE_SCHEMA, metadata, ranked_table, with_metadata
 
 log = logging.getLogger("rayif")
 
 MANIFEST = "_rayif_job.json"
-MANIFEST_FORMAT = 3
+MANIFEST_FORMAT = 4  # 4: the requested solver, not the one auto chose (its choice depends on the model)
 FACTORS = "_rayif_factors.pt"
 
 
@@ -71,8 +72,11 @@ class Runner:
                              "the same trained model every time it is called")
         self.fingerprint = fingerprints.pop()
         vectors = len(job.train) if job.test is None else 1 if job.group else len(job.test)
-        self.solver, self.choice = _resolve(job.solver, len(job.train), executor.infos[0]["num_params"], vectors)
+        self.auto = Choice(job.solver, len(job.train), executor.infos[0]["num_params"], vectors)
         self.stats = SolveStats()
+        self.grad_path: dict | None = None  # the replicas' per-example gradient path, once validated
+        self._settled = False  # auto's curvature check done
+        self._written = 0  # batch files this run wrote: past the first, auto may no longer change curvature
         self._factors: Any = None  # an executor handle to the fitted KroneckerFactors
         self._scale: float | None = None
         ranked = job.candidates is not None or job.candidate_fn is not None
@@ -92,6 +96,33 @@ class Runner:
             calls += [Call("check", ("test", a, b)) for a, b in check_ranges(len(self.job.test))]
         self.ex.map(calls)
         self._lap("validate")
+        self._settle()
+
+    def _settle(self) -> None:
+        """Once the data is known good: the gradient path, and for ``solver="auto"`` the curvature check
+        (:class:`~rayif.config.AutoConfig`), before anything is solved."""
+        if self._settled:
+            return
+        self._settled = True
+        (self.grad_path,) = self.ex.map([Call("grad_path")])
+        if isinstance(self.job.solver, AutoConfig):
+            steps = self.job.solver.lanczos_steps
+            (probe,) = self.ex.map([Call("probe", (self.solver, steps, self.job.seed, self.run.chunk_size))])
+            self.auto.check(probe)
+        self._lap("settle")
+
+    def _fall_back(self, error: RayifError) -> None:
+        self.auto.fall_back(error, written=self._written > 0)
+        self._scale = None  # LiSSA's scale is the curvature's
+
+    @property
+    def solver(self) -> SolverConfig:
+        """The solver the job runs (``auto``'s choice, as it stands)."""
+        return self.auto.solver
+
+    @property
+    def choice(self) -> dict:
+        return self.auto.record
 
     def scale(self) -> float | None:
         """LiSSA's scale, estimated once per job on one worker (``None`` for the other solvers)."""
@@ -165,20 +196,26 @@ class Runner:
         LiSSA: one unit per (batch, repetition), summed here in repetition order. Exact / CG: one unit per
         (batch, block of ``solve_block`` test vectors).
         """
-        job, scale, factors = self.job, self.scale(), self.factors()
-        lissa = isinstance(self.solver, LissaConfig)
-        calls, owner = [], []
-        for b, rows in enumerate(batches):
-            if lissa:
-                parts = [(rows, t) for t in range(self.solver.repetitions)]
-            else:
-                block = len(rows) if job.group else self.run.solve_block
-                parts = [(rows[i : i + block], None) for i in range(0, len(rows), block)]
-            for r, t in parts:
-                calls.append(Call("s_test", (r, job.group, self.solver, scale, job.seed, t, self.run.chunk_size,
-                                             factors)))
-                owner.append(b)
-        results = self._counted(self.ex.map(calls))
+        job = self.job
+        while True:
+            scale, factors = self.scale(), self.factors()
+            lissa = isinstance(self.solver, LissaConfig)
+            calls, owner = [], []
+            for b, rows in enumerate(batches):
+                if lissa:
+                    parts = [(rows, t) for t in range(self.solver.repetitions)]
+                else:
+                    block = len(rows) if job.group else self.run.solve_block
+                    parts = [(rows[i : i + block], None) for i in range(0, len(rows), block)]
+                for r, t in parts:
+                    calls.append(Call("s_test", (r, job.group, self.solver, scale, job.seed, t, self.run.chunk_size,
+                                                 factors)))
+                    owner.append(b)
+            try:
+                results = self._counted(self.ex.map(calls))
+                break
+            except (IndefiniteError, LissaDivergenceError, ConvergenceError) as e:
+                self._fall_back(e)
         out = []
         for b in range(len(batches)):
             mine = [r for r, o in zip(results, owner, strict=True) if o == b]
@@ -232,6 +269,7 @@ class Runner:
     def metadata(self) -> dict[str, Any]:
         job = self.job
         return {"solver": solver_to_dict(self.solver), "solver_choice": self.choice, "seed": job.seed,
+                "grad_path": self.grad_path,
                 "num_train": len(job.train),
                 "group": job.group, "candidates": job.candidate_source, "model_fingerprint": self.fingerprint,
                 "workers": [{k: i[k] for k in ("node_id", "device", "gpu_ids")} for i in self.ex.infos]}
@@ -255,7 +293,9 @@ class Runner:
                      len(batches))
         if todo:
             self.validate()
-        meta = self.metadata()
+            meta = self.metadata()
+        else:  # nothing left: what the batches were computed with, without checking the curvature again
+            meta = {k: v for k, v in metadata(pq.read_table(_batch_path(out, 0))).items() if k != "convention"}
         tables: dict[int, pa.Table] = {}
         bar = Progress(len(batches), "rayif explain", "batch", enabled=self.run.progress,
                        initial=len(batches) - len(todo))
@@ -270,6 +310,7 @@ class Runner:
                     tmp = _batch_path(out, i).with_suffix(".tmp")
                     pq.write_table(table, tmp)
                     tmp.rename(_batch_path(out, i))  # a batch file exists only once complete
+                    self._written += 1
                 tables[i] = table
                 bar.update(1, f"batch {i}: {len(r)} test points ({time.perf_counter() - t0:.2f}s for the wave)")
             self._lap("write")
@@ -308,18 +349,26 @@ class Runner:
     def self_influence(self) -> pa.Table:
         """``(train_id, self_influence)`` of every training example (or of ``Job.self_rows``), largest first."""
         self.validate()
-        job, scale, factors, size = self.job, self.scale(), self.factors(), self.run.chunk_size
-        reps = list(range(self.solver.repetitions)) if isinstance(self.solver, LissaConfig) else [None]
+        job, size = self.job, self.run.chunk_size
         rows = job.self_rows
         if rows is None:
             parts: list = [slice(w.start, w.stop) for w in chunk_grid(len(job.train), size)]
             ids = job.train.ids
         else:
             parts, ids = [rows[i : i + size] for i in range(0, len(rows), size)], job.train.ids[rows]
-        calls = [Call("self_influence", (p, self.solver, scale, job.seed, t, size, factors))
-                 for p in parts for t in reps]
-        with Progress(len(ids) * len(reps), "rayif self-influence", "example", enabled=self.run.progress) as bar:
-            results = iter(self._counted(self.ex.map(calls, done=lambda k: bar.update(_rows(calls[k].args[0])))))
+        while True:
+            scale, factors = self.scale(), self.factors()
+            reps = list(range(self.solver.repetitions)) if isinstance(self.solver, LissaConfig) else [None]
+            calls = [Call("self_influence", (p, self.solver, scale, job.seed, t, size, factors))
+                     for p in parts for t in reps]
+            try:
+                with Progress(len(ids) * len(reps), "rayif self-influence", "example",
+                              enabled=self.run.progress) as bar:
+                    done = lambda k, c=calls: bar.update(_rows(c[k].args[0]))  # noqa: E731
+                    results = iter(self._counted(self.ex.map(calls, done=done)))
+                break
+            except (IndefiniteError, LissaDivergenceError, ConvergenceError) as e:
+                self._fall_back(e)
         values = []
         for _ in parts:
             total = next(results)
@@ -337,7 +386,7 @@ class Runner:
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same job: a rerun on the folder must agree on every field."""
         job = self.job
-        return {"format": MANIFEST_FORMAT, "model_fingerprint": self.fingerprint, "solver": solver_to_dict(self.solver),
+        return {"format": MANIFEST_FORMAT, "model_fingerprint": self.fingerprint, "solver": solver_to_dict(job.solver),
                 "seed": job.seed, "top": job.top, "group": job.group, "test_batch_size": self.run.test_batch_size,
                 "chunk_size": self.run.chunk_size, "num_train": len(job.train),
                 "train_ids_sha256": ids_digest(job.train.ids), "num_test": len(job.test),
@@ -359,15 +408,6 @@ class Runner:
         else:
             manifest.write_text(json.dumps(job, indent=1))
         return out
-
-
-def _resolve(solver: SolverConfig, num_train: int, num_params: int, num_vectors: int) -> tuple[SolverConfig, dict]:
-    """The concrete solver (``AutoConfig`` chooses one for this problem) and the record of the choice."""
-    if not isinstance(solver, AutoConfig):
-        return solver, {"requested": solver_name(solver), "chosen": solver_name(solver), "reason": "requested"}
-    chosen, reason = solver.choose(num_train, num_params, num_vectors)
-    log.info("rayif: solver='auto' chose %s: %s", solver_name(chosen), reason)
-    return chosen, {"requested": "auto", "chosen": solver_name(chosen), "reason": reason}
 
 
 def read_results(output_dir: str | Path) -> pa.Table:

@@ -52,6 +52,11 @@ class Task:
         features: ``features(model, inputs) -> [b, d]`` (``features(model, batch)`` with ``batch_loss``) for
             kNN preselection. ``None``: the input of the model's last ``nn.Linear`` (its final hidden
             representation, e.g. the pooled one in front of a classifier head).
+        output_key: which part of the model's output the loss reads, where the Gauss-Newton curvature and
+            the Kronecker factors split the loss into ``model -> outputs -> loss``: a key of a dict or
+            ``ModelOutput`` (``"logits"``) or a position in a tuple. ``None``: the output itself when it is a
+            tensor, else ``"logits"`` when present, else the first floating-point tensor. The loss must read
+            nothing else of the output (checked); the Hessian and the gradients never need this.
     """
 
     model_factory: Callable[[], nn.Module]
@@ -62,6 +67,7 @@ class Task:
     params: Sequence[str] | None = None
     features: FeatureFn | None = None
     batch_loss: BatchLossFn | None = None
+    output_key: str | int | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.model_factory):
@@ -158,10 +164,15 @@ def last_linear_input(model: nn.Module, run: Callable[[], Any], b: int) -> Tenso
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the model's parameter and buffer names, shapes, dtypes and bytes."""
+    """sha256 over the model's ``state_dict``: names, shapes, dtypes and bytes of every tensor (0-dim, integer,
+    bool, non-contiguous and tied ones alike), and the ``repr`` of any non-tensor extra state."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
+        if not isinstance(t, Tensor):
+            h.update(f"{name}:{t!r}".encode())
+            continue
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            flat = t.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors cannot be viewed as bytes
+            h.update(flat.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

@@ -17,6 +17,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
     ("mislabel_detection.py", "mislabel check passed", ["mislabel.png", "mislabel.json"]),
     ("error_correction.py", "error correction check passed", ["error_correction.json"]),
     ("transformer_influence.py", "transformer check passed", []),
+    ("bert_influence.py", "bert check passed", []),
 ])
 def test_example_small_mode(script, passed, pictures, tmp_path):
     args = [sys.executable, str(EXAMPLES / script), "--small"]

@@ -55,13 +55,29 @@ class _Worker:
         if self.fallback:
             log.warning("rayif worker %s: %s", ctx.get_actor_id(), self.fallback)
         self.node_id = ctx.get_node_id()
-        self.replica = Replica(task, _unshared(train), _unshared(test), device, grad_cache_mb)
-        self.replica.warm_up()
+        # A constructor that raises looks to Ray like a dead process, restarted max_restarts times; a replica
+        # that cannot be built fails the same way every time, so keep its error and raise it from each call.
+        self.error: BaseException | None = None
+        try:
+            self.replica = Replica(task, _unshared(train), _unshared(test), device, grad_cache_mb)
+        except Exception as e:  # noqa: BLE001 - the user's own error, raised again from info()
+            self.error = e
+            return
+        try:
+            self.replica.warm_up()
+        except Exception as e:  # noqa: BLE001 - only an optimisation: the job's validation names bad data
+            log.debug("rayif worker warm-up failed: %s", e)
+
+    def _built(self) -> Replica:
+        if self.error is not None:
+            raise self.error
+        return self.replica
 
     def info(self) -> dict:
-        return {**self.replica.info(), "node_id": self.node_id, "gpu_ids": self.gpu_ids, "fallback": self.fallback}
+        return {**self._built().info(), "node_id": self.node_id, "gpu_ids": self.gpu_ids, "fallback": self.fallback}
 
     def run(self, method: str, *args: Any) -> tuple[Any, float, int]:
+        self._built()
         t0 = time.perf_counter()
         out = getattr(self.replica, method)(*args)
         return out, time.perf_counter() - t0, os.getpid()
@@ -168,9 +184,12 @@ class RayExecutor:
                 requeue.appendleft(k)
                 continue
             except ray.exceptions.RayTaskError as e:
+                # a unit (or a replica's construction) failed deterministically: rerunning cannot help. The
+                # user's own exception, once: rayif's as it was raised, any other as Ray's copy that is an
+                # instance of the user's class and carries the remote traceback
                 if isinstance(getattr(e, "cause", None), RayifError):
                     raise e.cause from None
-                raise
+                raise e.as_instanceof_cause() from None
             if _raw:
                 results[k] = out
             else:

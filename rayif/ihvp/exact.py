@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..config import ExactConfig
 from ..data import Examples
-from ..errors import RayifError, SolverError
+from ..errors import IndefiniteError, RayifError
 from ..grads import Objective
 from .stats import SolveStats
 
@@ -38,15 +38,21 @@ class ExactSolver:
         evals, self._evecs = torch.linalg.eigh(h)
         self.eigenvalues = evals
         self._shifted = evals + config.damping
-        smallest = float(self._shifted.min())
-        if smallest <= 0:
-            raise SolverError(
-                f"the {config.curvature} + {config.damping}*I is not positive definite (smallest eigenvalue "
-                f"{smallest:.3g}); set ExactConfig.damping above {-float(evals.min()):.3g}"
-                + (" or use curvature='ggn'" if config.curvature == "hessian" else "")
-            )
+        self.config = config
+
+    @property
+    def smallest(self) -> float:
+        """The smallest eigenvalue of the curvature (without damping)."""
+        return float(self.eigenvalues.min())
 
     def solve(self, vectors: Tensor) -> Tensor:
+        cfg = self.config
+        if float(self._shifted.min()) <= 0:  # checked here, so a caller may first read the eigenvalues
+            raise IndefiniteError(
+                f"the {cfg.curvature} + {cfg.damping}*I is not positive definite (smallest eigenvalue "
+                f"{float(self._shifted.min()):.3g}); set ExactConfig.damping above {-self.smallest:.3g}"
+                + (" or use curvature='ggn'" if cfg.curvature == "hessian" else "")
+            )
         q = self._evecs
         out = ((vectors.double().to(q.device) @ q) / self._shifted) @ q.T
         return out.to(dtype=self.dtype, device=vectors.device)

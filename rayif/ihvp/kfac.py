@@ -6,8 +6,10 @@ its output channels, each spatial position a token), example i's pseudo-gradient
 model's outputs: summed over k they give exactly the GGN's block ``E[sum_k vec(g a^T) vec(g a^T)^T]``.
 K-FAC approximates that block by ``S (x) A`` (``S = E[sum_k g g^T]``, ``A = E[a a^T]``); EK-FAC keeps the
 eigenvectors of ``S`` and ``A`` and refits the eigenvalues per example (George et al. 2018). Every other
-selected parameter gets the GGN's diagonal. The output Hessian is factored exactly (no label sampling), so
-the fit is deterministic.
+selected parameter gets the GGN's diagonal. The output Hessian is factored exactly (no label sampling); past
+32 output values per example (a language model's tokens x vocabulary) its root's columns are mixed into 32
+by a Gaussian of fixed seed, which keeps the fit's expectation and bounds its backward passes. The fit is
+deterministic either way.
 
 Fitting is two map-reduce passes over training chunks (:func:`covariance_sums`, then :func:`eigen_sums`),
 which the runner shards over its workers and sums in a fixed order.
@@ -21,13 +23,14 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, vmap
 
-from ..data import Examples, map_batch
+from ..data import Examples
 from ..errors import RayifError
-from ..grads import Objective, _differentiable_attention, _require_finite
+from ..functional import differentiable_kernels
+from ..grads import Objective, require_finite
 
 _MAX_OUTPUTS = 1024  # output values per example whose loss Hessian is factored (C x C each)
+_COLUMNS = 32  # backward passes per chunk at most: output Hessians of more columns are sketched to this many
 FORMAT = 1
 
 
@@ -75,6 +78,7 @@ def _pseudo_gradients(objective: Objective, examples: Examples, blocks: list[Blo
     other parameters (``None`` when there are none).
     """
     ex = examples.to(objective.device)
+    objective.output_spec(ex.batch)  # before the hooks: its own forward must not be captured
     modules = dict(objective.model.named_modules())
     captured: dict[str, list[tuple[Tensor, Tensor]]] = {blk.module: [] for blk in blocks}
 
@@ -96,6 +100,12 @@ def _pseudo_gradients(objective: Objective, examples: Examples, blocks: list[Blo
                          f"has {flat.shape[1]} output values per example (at most {_MAX_OUTPUTS}): use "
                          "preconditioner=None")
     factors = _output_hessian_roots(objective, out.detach(), ex.batch, examples)  # [b, C, C], columns k
+    if factors.shape[2] > _COLUMNS:
+        # each column costs a backward pass through the model: past _COLUMNS, S seeded Gaussian mixtures of
+        # them (E[L W W^T L^T] = L L^T), the fit's expectation unchanged and still the same bits on every worker
+        gen = torch.Generator().manual_seed(0)
+        w = torch.randn(factors.shape[2], _COLUMNS, generator=gen, dtype=torch.float64) / _COLUMNS**0.5
+        factors = factors @ w.to(factors.device, factors.dtype)
     acts = []
     for blk in blocks:
         mod = modules[blk.module]
@@ -145,7 +155,7 @@ def _output_hessian_roots(objective: Objective, out: Tensor, batch, examples: Ex
     c = out[0].numel()
     # reverse over reverse, one output coordinate at a time: a user's custom autograd.Function may lack the
     # forward-mode rule a jvp would need, and C is small
-    with torch.enable_grad(), _differentiable_attention():
+    with torch.enable_grad(), differentiable_kernels():
         o = out.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(objective.output_losses(o, batch).sum(), o, create_graph=True)
         flat = g.reshape(b, c)
@@ -156,22 +166,25 @@ def _output_hessian_roots(objective: Objective, out: Tensor, batch, examples: Ex
     h = torch.stack(cols).reshape(c, b, c).permute(1, 0, 2).double()  # [b, k, C]
     if not bool(torch.isfinite(h).all()):
         objective.train_grads(examples)  # names the examples when their gradients are the cause
-        _require_finite(h, examples.ids, "training loss Hessian in the model outputs")
+        require_finite(h, examples.ids, "training loss Hessian in the model outputs")
     h = (h + h.transpose(1, 2)) / 2
     evals, evecs = torch.linalg.eigh(h)
     return (evecs * evals.clamp_min(0).sqrt()[:, None, :]).to(out.dtype)
 
 
 def _diag_pseudo(objective: Objective, batch, c: Tensor, diag: Tensor) -> Tensor:
-    """``[b, len(diag)]`` per-example gradients of ``c_i . outputs_i`` in the non-Kronecker parameters."""
+    """``[b, len(diag)]`` per-example gradients of ``c_i . outputs_i`` in the non-Kronecker parameters (whole
+    parameters, in selection order, as :func:`layout` lists their indices)."""
+    starts = [0, *torch.tensor(objective.numels).cumsum(0).tolist()[:-1]]
+    in_diag = set(diag.tolist())
+    names = [n for n, start in zip(objective.names, starts, strict=True) if start in in_diag]
 
-    def one(theta, example, ci):
-        o = objective.outputs(theta, map_batch(lambda v: v.unsqueeze(0), example))
-        return (o[0] * ci).sum()
+    def fn(model, both):
+        rows, ci = both
+        return (objective.outputs_of(model, rows) * ci).reshape(ci.shape[0], -1).sum(1)
 
-    with _differentiable_attention():
-        g = vmap(grad(one), in_dims=(None, 0, 0))(objective.theta.detach(), batch, c)
-    return g[:, diag.to(g.device)]
+    objective.grad_path(batch)
+    return objective.per_example.flat(fn, (batch, c), names)
 
 
 def covariance_sums(objective: Objective, examples: Examples) -> dict:

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import grad, vmap
 
 from ..data import Examples, map_batch
 from ..errors import RayifError
-from ..grads import Objective, _Call, _differentiable_attention, _require_finite
+from ..functional import differentiable_kernels
+from ..grads import Objective, require_finite
 from ..task import batch_len
 
 log = logging.getLogger("rayif")
@@ -193,7 +193,7 @@ class Sketcher:
                 else:
                     self._weight(blk, parts, total)
         total += self._penalty_sketch()
-        _require_finite(total, None, "training gradient sketch")
+        require_finite(total, None, "training gradient sketch")
         return total
 
     def _penalty_sketch(self) -> Tensor:
@@ -201,7 +201,7 @@ class Sketcher:
         if self._penalty is None:
             obj, theta = self.obj, self.obj.theta.detach()
             if obj.task.weight_decay or obj.task.regularizer is not None:
-                self._penalty = self.project(grad(obj._penalty)(theta)[None])
+                self._penalty = self.project(obj.penalty_grad()[None])
             else:
                 self._penalty = theta.new_zeros(1, self.dim)
         return self._penalty
@@ -239,7 +239,7 @@ def _linear_factors(obj: Objective, blocks: list[_Block], batch):
         calls[id(mod)].append((args[0].detach(), out))
     handles = [m.register_forward_hook(hook) for m in modules]
     try:
-        with torch.enable_grad(), _differentiable_attention():
+        with torch.enable_grad(), differentiable_kernels():
             losses = obj.task.train_losses(obj.model, batch)
     finally:
         for h in handles:
@@ -262,19 +262,8 @@ def _linear_factors(obj: Objective, blocks: list[_Block], batch):
 
 def _plain_grads(obj: Objective, names: list[str], batch) -> list[Tensor]:
     """Per-example gradients ``[b, *shape]`` of the named parameters (training loss, no regulariser)."""
-    named = dict(obj.model.named_parameters())
-    fixed = {**obj._fixed, **{n: p.detach() for n, p in named.items() if n not in names}}
-    wanted = {n: named[n].detach() for n in names}
-
-    def one(params, example):
-        call = _Call(obj.model, {**fixed, **params})
-        return obj.task.train_losses(call, map_batch(lambda t: t.unsqueeze(0), example))[0]
-
-    with _differentiable_attention():
-        g = vmap(grad(one), in_dims=(None, 0))(wanted, batch)
-    return [g[n] for n in names]
-
-
+    obj.grad_path(batch)
+    return obj.per_example.grads(obj.task.train_losses, batch, names)
 
 
 @dataclass
