@@ -76,9 +76,12 @@ def _p(pr: zoo.Problem) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="*", default=list(zoo.MODELS), choices=zoo.MODELS)
+    ap.add_argument("models", nargs="*", default=list(zoo.MODELS), help=f"some of {', '.join(zoo.MODELS)}")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/zoo.json)")
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.models) - set(zoo.MODELS))
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from {list(zoo.MODELS)}")
     logging.basicConfig(level=logging.WARNING)
     rows = [measure(name) for name in args.models]
     print_table("the default (solver='auto') against exact at its own curvature and damping, 2 cores", rows, [
