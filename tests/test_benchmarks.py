@@ -7,9 +7,13 @@ import copy
 import json
 import math
 
+import pytest
+
 from benchmarks.fastif.__main__ import SECTIONS, run
 from benchmarks.fastif.report import checks
 from benchmarks.fastif.workload import Settings
+
+pytestmark = [pytest.mark.retrain]
 
 HEADINGS = ("## Table 1", "## Table 2", "## Fig. 3a", "## Fig. 3b", "## Fig. 3c", "## Scale", "## Checks")
 PLOTS = ("fig3a_recall.png", "fig3b_s_test.png", "fig3c_retrain.png")

@@ -16,6 +16,8 @@ from rayif.digits import example_task
 
 from .test_cli import _digits_parquet
 
+pytestmark = [pytest.mark.subprocess]
+
 TASK = "rayif.digits:example_task"
 
 
@@ -82,6 +84,7 @@ def test_config_file_gives_every_option_and_flags_override_it(files, capsys):
         assert said in err and err.count("\n") == 1, (text, err)
 
 
+@pytest.mark.retrain
 def test_validate_on_the_convex_digits_model_matches_leave_one_out(tmp_path):
     got = rayif_cli("validate", "--digits", "logistic", "--solver", "cg", "--test-points", "6",
                     "--loo-train-points", "20", "--lds-subsets", "12", "--out", "v", cwd=tmp_path)

@@ -18,6 +18,7 @@ from rayif.ihvp.exact import explicit_hessian
 from .conftest import correlations
 
 
+@pytest.mark.retrain
 def test_exact_influence_predicts_leave_one_out_retraining(logistic):
     task, sp = logistic
     model = task.build_model()

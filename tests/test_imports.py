@@ -40,12 +40,14 @@ sys.exit(1 if failed else 0)
 """
 
 
+@pytest.mark.subprocess
 def test_each_module_imports_alone():
     done = subprocess.run([sys.executable, "-c", _ALONE, *MODULES], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
     assert "FAILED []" in done.stdout
 
 
+@pytest.mark.subprocess
 def test_a_module_that_cannot_import_alone_is_caught(tmp_path):
     """The forked check fails for a module whose import fails."""
     (tmp_path / "broken_alone.py").write_text("import rayif.no_such_module\n")
@@ -92,3 +94,43 @@ def test_no_import_cycles():
     for m in MODULES:
         if m not in state:
             visit(m, [m])
+
+
+def _reachable(start: str, graph: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for d in graph[todo.pop()] - seen:
+            seen.add(d)
+            todo.append(d)
+    return seen
+
+
+def test_index_loads_neither_the_runner_nor_the_executors():
+    graph = {m: _imports(m) for m in MODULES}
+    above = {"rayif.api", "rayif.runner", "rayif.executors", "rayif.executors.ray", "rayif.executors.local"}
+    for m in (m for m in MODULES if m.startswith("rayif.index")):
+        assert not _reachable(m, graph) & above, f"{m} imports {sorted(_reachable(m, graph) & above)}"
+
+
+def test_no_module_reads_another_modules_private_names():
+    """``from rayif.x import _name`` and ``x._name`` on a rayif module: what modules share is public."""
+    found = []
+    for module in MODULES:
+        path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = PACKAGE.parent / module.replace(".", "/") / "__init__.py"
+        tree = ast.parse(path.read_text())
+        aliases = set()  # names bound to rayif modules here: `from . import kfac`, `import rayif.x as y`
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("rayif")):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        found.append(f"{module}:{node.lineno} imports {a.name}")
+                    aliases.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                aliases |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("rayif")}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                found.append(f"{module}:{node.lineno} reads {node.value.id}.{node.attr}")
+    assert not found, found

@@ -27,6 +27,8 @@ import yaml
 
 from .test_cluster_configs import check_launcher
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.machine]
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # this virtualenv's bin: ray, python
 USER = "rayifssh"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,6 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayif.cli import main
+from rayif.results import metadata
+
+pytestmark = [pytest.mark.subprocess]
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -92,7 +94,7 @@ def test_job_submitted_to_two_nodes_equals_single_node(two_nodes, ray_local, tmp
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert job.stdout.count("ran on node") == 2
     cluster = pq.read_table(tmp_path / "cluster" / "demo.parquet")
-    workers = json.loads(cluster.schema.metadata[b"rayif.workers"])
+    workers = metadata(cluster)["workers"]
     assert len({w["node_id"] for w in workers}) == 2  # one worker on each node
 
     assert main([*args, "--out", str(tmp_path / "local")]) == 0  # the session's single-node Ray

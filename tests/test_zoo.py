@@ -8,7 +8,6 @@ and a gradient-sketch index builds (its recall reported and checked).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 import numpy as np
@@ -21,10 +20,14 @@ from rayif import AutoConfig, ExactConfig, IndexConfig, RunConfig, ScalingConfig
 from rayif.api import task_examples
 from rayif.executors.local import LocalExecutor
 from rayif.grads import Objective
-from rayif.index import build_index, candidate_recall
+from rayif.index import build_index
 from rayif.kernels import influence_from_grads
 from rayif.per_example import PATHS
+from rayif.recall import candidate_recall
+from rayif.results import metadata
 from rayif.runner import Job, Runner
+
+pytestmark = [pytest.mark.zoo]
 
 pytest.importorskip("transformers")
 
@@ -129,12 +132,12 @@ def test_explain_on_two_ray_workers_equals_in_process(problems, defaults, ray_lo
     pr = _problem(problems, name)
     d = defaults(name)
     with caplog.at_level(logging.WARNING, logger="rayif"):
-        table = rayif.explain(pr.task, pr.train, pr.test, top=5, scaling=ScalingConfig(num_workers=2),
+        table = rayif.explain(pr.task, pr.train, pr.test, top=5, scaling_config=ScalingConfig(num_workers=2),
                               run_config=RUN)
     assert "died" not in caplog.text
-    meta = {k.decode(): json.loads(v) for k, v in table.schema.metadata.items() if k != b"rayif.convention"}
-    assert meta["rayif.solver"]["curvature"] == d["solver"].curvature
-    assert meta["rayif.grad_path"]["path"] == d["grad_path"]["path"]
+    meta = metadata(table)
+    assert meta["solver"]["curvature"] == d["solver"].curvature
+    assert meta["grad_path"]["path"] == d["grad_path"]["path"]
     ids = task_examples(pr.task, pr.train, "training data").ids
     values = d["values"]
     scale = np.abs(values).max()
