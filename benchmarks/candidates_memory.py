@@ -1,7 +1,7 @@
 """Candidates as ids at scale: driver memory and time per test batch, 256 test points x 1M training rows.
 
-    .venv/bin/python benchmarks/candidates_memory.py           # about 2 minutes on 2 cores
-    .venv/bin/python benchmarks/candidates_memory.py --rows 200000 --quick
+    .venv/bin/python -m benchmarks.candidates_memory           # about 2 minutes on 2 cores
+    .venv/bin/python -m benchmarks.candidates_memory --rows 200000 --quick
 
 The workload: 1,000,000 synthetic training rows (64 float32 features, 10 classes), a 64-32-10 tanh MLP
 (p = 2410), 512 test points in 2 batches of 256, each with k = 1000 candidate training ids drawn at random
@@ -17,23 +17,20 @@ every worker), computed, not run. The driver's resident memory is sampled every 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import Memory, peak_rss_mib, print_table, write_json  # noqa: E402
+from rayif import LissaConfig, RunConfig, ScalingConfig, Task, explain
+from rayif.digits import cross_entropy
+from rayif.kernels import candidate_plan
+from rayif.results import metadata
+from rayif.scaling import ensure_ray
 
-from rayif import LissaConfig, RunConfig, ScalingConfig, Task, explain  # noqa: E402
-from rayif.digits import cross_entropy  # noqa: E402
-from rayif.kernels import candidate_plan  # noqa: E402
-from rayif.scaling import ensure_ray  # noqa: E402
+from ._common import Memory, peak_rss_mib, print_table, write_json
 
 
 def _model_factory(state):
@@ -78,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     with Memory(period=0.02) as mem:
         t0 = time.perf_counter()
         table = explain(task, (x, y), (xt, yt), top=10, solver=solver, seed=0, candidates=cand,
-                        scaling=ScalingConfig(num_workers=args.workers), run_config=RunConfig(progress=False))
+                        scaling_config=ScalingConfig(num_workers=args.workers), run_config=RunConfig(progress=False))
         wall = time.perf_counter() - t0
     before, peak = mem.before, mem.driver
-    job = json.loads(table.schema.metadata[b"rayif.job"])
+    job = metadata(table)["job"]
     batches = -(-args.test_points // 256)
     plan = candidate_plan(cand[:256], args.rows, 256)
     pair_bytes = sum(w.rows.nbytes + w.cols.nbytes for w in plan)

@@ -1,7 +1,7 @@
 """Curvature-vector products: time per vector against the number of vectors, old path against new, one run.
 
-    .venv/bin/python benchmarks/hvp.py            # about 3 minutes on 2 cores
-    .venv/bin/python benchmarks/hvp.py --quick    # about 1 minute: 1, 16 and 256 vectors, float64 only
+    .venv/bin/python -m benchmarks.hvp            # about 3 minutes on 2 cores
+    .venv/bin/python -m benchmarks.hvp --quick    # about 1 minute: 1, 16 and 256 vectors, float64 only
 
 Every product is the curvature of the mean training loss on one batch of 64 rows (LiSSA's default batch),
 times ``m`` vectors, ``m`` from 1 to 256, for
@@ -36,20 +36,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import print_table, write_json  # noqa: E402
+from rayif import digits, tokens
+from rayif.curvature import product, unbatched_op
+from rayif.data import as_examples
+from rayif.grads import Objective
 
-from rayif import digits, tokens  # noqa: E402
-from rayif.curvature import product, unbatched_op  # noqa: E402
-from rayif.data import as_examples  # noqa: E402
-from rayif.grads import Objective  # noqa: E402
+from ._common import print_table, write_json
 
 ROWS = 64  # --rows
 PATHS = {"old": ("hessian", "autograd"), "new": ("hessian", None), "ggn": ("ggn", None)}
@@ -98,13 +95,14 @@ def profile_lissa_step(vectors: int = 50) -> None:
     from torch.profiler import profile
 
     from rayif import LissaConfig
+    from rayif.api import fit_factors
     from rayif.ihvp import kfac
 
     sp = digits.load_digits_split(n_train=1000, n_test=200, dtype=np.float32)
     task, _ = digits.digits_task("cnn", sp, weight_decay=1e-3, dtype=torch.float32, max_iter=100)
     obj = Objective(task)
     train = as_examples((sp.x_train, sp.y_train))
-    pre = kfac.preconditioner(kfac.fit_factors(obj, train, "ekfac", chunk_size=256), LissaConfig())
+    pre = kfac.preconditioner(fit_factors(task, train, "ekfac", chunk_size=256), LissaConfig())
     v = torch.randn(vectors, obj.num_params, generator=torch.Generator().manual_seed(0))
     x = v.clone()
     batch = train.take(np.arange(ROWS)).batch

@@ -1,8 +1,8 @@
 """Streaming FAISS index build through Ray Data against a plain single-process loop over the same rows.
 
-    .venv/bin/python benchmarks/index_build.py            # 1,000,000 x 64 synthetic parquet, ~2 minutes
-    .venv/bin/python benchmarks/index_build.py --rows 200000
-    .venv/bin/python benchmarks/index_build.py --source sketch   # gradient sketches (d = 256)
+    .venv/bin/python -m benchmarks.index_build            # 1,000,000 x 64 synthetic parquet, ~2 minutes
+    .venv/bin/python -m benchmarks.index_build --rows 200000
+    .venv/bin/python -m benchmarks.index_build --source sketch   # gradient sketches (d = 256)
 
 The data: ``--rows`` rows of 64 float32 inputs and 10 float32 targets in 16 parquet files (``x``, ``y``
 fixed-size lists, ``id``), written once to ``benchmarks/results/data`` and reused. The model: a small MLP
@@ -24,18 +24,16 @@ this process and every Ray worker process (``ray::`` in its command line), again
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, Memory, print_table, write_json  # noqa: E402
+from rayif import Task, as_examples
+from rayif.index import IndexConfig, build_index
 
-from rayif import Task, as_examples  # noqa: E402
-from rayif.index import IndexConfig, build_index  # noqa: E402
+from ._common import RESULTS, Memory, print_table, write_json
 
 DIM, FILES = 64, 16
 

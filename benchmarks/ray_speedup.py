@@ -1,7 +1,7 @@
 """Parallel FastIF on Ray against FastIF's naive loop, and 1, 2 and 4 workers, measured in one run.
 
-    .venv/bin/python benchmarks/ray_speedup.py           # about 3 minutes on 2 cores
-    .venv/bin/python benchmarks/ray_speedup.py --quick   # about 40 s, smaller J and fewer test points
+    .venv/bin/python -m benchmarks.ray_speedup           # about 3 minutes on 2 cores
+    .venv/bin/python -m benchmarks.ray_speedup --quick   # about 40 s, smaller J and fewer test points
 
 The workload: the digits MLP (64-32-10, float32, p = 2410), 797 training images, all of them the candidates
 of every test point, and 1000 test points; LiSSA at FastIF's recommended shape (small B, J ~ 1000, T = 2,
@@ -11,7 +11,7 @@ plain last iterate) with the same damping and scale for everyone.
   repetitions of J single-vector HVPs, each a double backward through the module), then one backward per
   candidate and a dot product. It shares nothing between test points, so its time per test point is
   measured on ``--naive-points`` points and holds for any number of them.
-* **rayif, 1, 2 and 4 workers**: ``explain(..., scaling=ScalingConfig(num_workers=w))`` over all the test
+* **rayif, 1, 2 and 4 workers**: ``explain(..., scaling_config=ScalingConfig(num_workers=w))`` over all the test
   points, end to end (worker start-up, validation, s_test, scoring, ranking); the local Ray is started
   before the clock runs. Test points share every sampled LiSSA batch (one batched HVP per step for the
   whole test batch), and each candidate's gradient is computed once per test batch. With T=2 and 4 workers
@@ -27,25 +27,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import print_table, write_json  # noqa: E402
-from _naive import naive_point  # noqa: E402
+from rayif import LissaConfig, RunConfig, ScalingConfig, explain
+from rayif.data import as_examples
+from rayif.digits import digits_task, load_digits_split
+from rayif.grads import Objective
+from rayif.ihvp import estimate_scale
+from rayif.results import metadata
+from rayif.scaling import ensure_ray
 
-from rayif import LissaConfig, RunConfig, ScalingConfig, explain  # noqa: E402
-from rayif.data import as_examples  # noqa: E402
-from rayif.digits import digits_task, load_digits_split  # noqa: E402
-from rayif.grads import Objective  # noqa: E402
-from rayif.ihvp import estimate_scale  # noqa: E402
-from rayif.scaling import ensure_ray  # noqa: E402
+from ._common import print_table, write_json
+from ._naive import naive_point
 
 WORKERS = (1, 2, 4)
 
@@ -90,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     for w in WORKERS:
         t0 = time.perf_counter()
         table = explain(task, train, test, top=args.top, solver=cfg, seed=0,
-                        scaling=ScalingConfig(num_workers=w, resources_per_worker={"CPU": min(1.0, 2 / w)}),
+                        scaling_config=ScalingConfig(num_workers=w, resources_per_worker={"CPU": min(1.0, 2 / w)}),
                         run_config=RunConfig(test_batch_size=args.test_batch_size, progress=False))
         wall = time.perf_counter() - t0
-        job = json.loads(table.schema.metadata[b"rayif.job"])
+        job = metadata(table)["job"]
         busy = [sum(b.values()) / wall for b in job["worker_busy"]]
         runs[w] = {"wall_s": wall, "table": table, "timings": job["seconds"], "worker_busy_s": job["worker_busy"],
                    "busy_fraction": busy}

@@ -1,8 +1,8 @@
 """Candidate recall: gradient sketches against FastIF's feature kNN, on the exact top-10 harmful and helpful.
 
-    .venv/bin/python benchmarks/sketch_recall.py                      # digits and the 100k mixture: ~8 min,
+    .venv/bin/python -m benchmarks.sketch_recall                      # digits and the 100k mixture: ~8 min,
                                                                       # plus ~45 min once for the mixture's truth
-    .venv/bin/python benchmarks/sketch_recall.py --workloads digits   # about a minute
+    .venv/bin/python -m benchmarks.sketch_recall --workloads digits   # about a minute
 
 * digits: the `rayif recall` MLP (64-32-10 tanh, p = 2410, float64, weight decay 1e-3), 1000 training rows;
   truth by the exact solver.
@@ -20,24 +20,23 @@ smallest sketched influence (flat inner-product FAISS index). Sketches are made 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, print_table, write_json  # noqa: E402
+from rayif import compute_s_test
+from rayif.config import CGConfig, ExactConfig
+from rayif.data import as_examples
+from rayif.digits import digits_task, load_digits_split
+from rayif.grads import Objective
+from rayif.index import FeatureIndex, IndexConfig
+from rayif.index.sketch import GradientSketch, Sketcher, fit_basis
+from rayif.mixture import mixture_task
+from rayif.recall import true_top
 
-from rayif import compute_s_test  # noqa: E402
-from rayif.config import CGConfig, ExactConfig  # noqa: E402
-from rayif.data import as_examples  # noqa: E402
-from rayif.digits import digits_task, load_digits_split  # noqa: E402
-from rayif.grads import Objective  # noqa: E402
-from rayif.index.recall import true_top  # noqa: E402
-from rayif.index.sketch import GradientSketch, Sketcher, fit_basis  # noqa: E402
-from rayif.mixture import mixture_task  # noqa: E402
+from ._common import RESULTS, print_table, write_json
 
 TEST_POINTS, TOP = 50, 10
 CACHE = RESULTS / "cache"
@@ -69,12 +68,9 @@ def truth(name: str, task, train, test, solver) -> tuple[torch.Tensor, np.ndarra
     return s, v
 
 
-def flat_search(base: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
-    import faiss
-
-    index = faiss.IndexFlatIP(base.shape[1]) if metric == "ip" else faiss.IndexFlatL2(base.shape[1])
-    index.add(np.ascontiguousarray(base, dtype=np.float32))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+def flat_index(base: np.ndarray, source: str) -> FeatureIndex:
+    """rayif's own flat index of vectors computed here (L2 for features, inner product for sketches)."""
+    return FeatureIndex.from_arrays(np.arange(len(base)), base, IndexConfig(source=source))
 
 
 def recall(cand: np.ndarray, truth_ids: np.ndarray) -> float:
@@ -82,9 +78,7 @@ def recall(cand: np.ndarray, truth_ids: np.ndarray) -> float:
 
 
 def sketch_candidates(gs: GradientSketch, train_vecs: np.ndarray, s: torch.Tensor, k: int) -> np.ndarray:
-    q = gs.query(s)
-    harmful = flat_search(train_vecs, -q, k - k // 2, "ip")
-    return np.concatenate([harmful, flat_search(train_vecs, q, k // 2, "ip")], axis=1)
+    return flat_index(train_vecs, "sketch").sketch_halves(gs.query(s), k)
 
 
 def sketch_all(gs: GradientSketch, train, batch: int = 4096) -> np.ndarray:
@@ -104,7 +98,7 @@ def run(name: str, dims: list[int], widths: list[int]) -> dict:
     model = task.build_model()
     feats = np.concatenate([task.compute_features(model, c.batch).numpy() for c in as_examples(train).chunks(8192)])
     qf = task.compute_features(model, torch.as_tensor(test[0])).numpy()
-    knn = flat_search(feats, qf, max(ks), "l2")
+    knn = flat_index(feats, "features").search(qf, max(ks))[0]
     curves = [{"index": "feature kNN", "k": k, "fraction": k / n, "harmful": recall(knn[:, :k], harmful),
                "helpful": recall(knn[:, :k], helpful)} for k in ks]
     sample = as_examples(train).take(slice(0, 2048))
@@ -164,8 +158,6 @@ def run(name: str, dims: list[int], widths: list[int]) -> dict:
 def ivf_check(gs: GradientSketch, vecs: np.ndarray, s: torch.Tensor, k: int, harmful, helpful) -> list[dict]:
     """IVF-Flat (inner product, IndexConfig's default nlist) on the same sketches at several nprobe."""
     import faiss
-
-    from rayif.index import IndexConfig
 
     cfg = IndexConfig(source="sketch", kind="ivf_flat")
     n, q = len(vecs), gs.query(s)

@@ -1,8 +1,8 @@
 """Every s_test solver against exact influence at the same question, on two workloads, in one run.
 
-    .venv/bin/python benchmarks/solvers.py            # digits and the 100k-row mixture (about 25 minutes)
-    .venv/bin/python benchmarks/solvers.py --quick    # digits only (about 3 minutes)
-    .venv/bin/python benchmarks/solvers.py --workloads cnn   # the digits CNN (about 20 minutes)
+    .venv/bin/python -m benchmarks.solvers            # digits and the 100k-row mixture (about 25 minutes)
+    .venv/bin/python -m benchmarks.solvers --quick    # digits only (about 3 minutes)
+    .venv/bin/python -m benchmarks.solvers --workloads cnn   # the digits CNN (about 20 minutes)
 
 The question is the user's: the model's own weight decay (1e-2) in the curvature plus the default additive
 damping (1e-3), the Hessian; 50 test points. For each solver, as a user calls it (``compute_s_test`` in this
@@ -26,26 +26,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import scipy.stats as st
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import print_table, write_json  # noqa: E402
+from rayif import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig
+from rayif.api import _test_job
+from rayif.data import as_examples
+from rayif.digits import digits_task, load_digits_split
+from rayif.executors import make_executor
+from rayif.grads import Objective
+from rayif.ihvp import estimate_scale
+from rayif.mixture import mixture_task
+from rayif.runner import Runner
 
-from rayif import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig  # noqa: E402
-from rayif.api import _test_job  # noqa: E402
-from rayif.data import as_examples  # noqa: E402
-from rayif.digits import digits_task, load_digits_split  # noqa: E402
-from rayif.executors import make_executor  # noqa: E402
-from rayif.grads import Objective  # noqa: E402
-from rayif.ihvp import estimate_scale  # noqa: E402
-from rayif.mixture import mixture_task  # noqa: E402
-from rayif.runner import Runner  # noqa: E402
+from ._common import print_table, write_json
 
 TEST_POINTS = 50
 

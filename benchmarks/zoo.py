@@ -30,7 +30,8 @@ import rayif
 from rayif import AutoConfig, ExactConfig, IndexConfig, RunConfig, ScalingConfig, zoo
 from rayif.api import task_examples
 from rayif.executors import make_executor
-from rayif.index import build_index, candidate_recall
+from rayif.index import build_index
+from rayif.recall import candidate_recall
 from rayif.runner import Job, Runner
 
 from ._common import print_table, write_json
@@ -62,7 +63,8 @@ def measure(name: str, ray: bool) -> dict:
                                    for a, b in zip(values, exact, strict=True)]))}
     if ray:
         local = rayif.explain(pr.task, pr.train, pr.test, top=5, run_config=RUN)
-        on_ray = rayif.explain(pr.task, pr.train, pr.test, top=5, scaling=ScalingConfig(num_workers=2), run_config=RUN)
+        on_ray = rayif.explain(pr.task, pr.train, pr.test, top=5, scaling_config=ScalingConfig(num_workers=2),
+                               run_config=RUN)
         row["ray_vs_local"] = float(np.abs(on_ray["influence"].to_numpy() - local["influence"].to_numpy()).max()
                                     / np.abs(local["influence"].to_numpy()).max())
         index = build_index(pr.task, pr.train, IndexConfig(source="sketch", sketch_dim=64, max_actors=1,

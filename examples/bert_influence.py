@@ -69,7 +69,7 @@ def main() -> None:
     task = Task(model_factory=Trained(model.state_dict()), batch_loss=loss, params=TOP_LAYERS)
     scaling = ScalingConfig(num_workers=workers)
 
-    table = rayif.explain(task, train_data, test_data, top=3, scaling=scaling)
+    table = rayif.explain(task, train_data, test_data, top=3, scaling_config=scaling)
     meta = metadata(table)
     print(f"solver: {meta['solver_choice']['chosen']} on the {meta['solver']['curvature']} "
           f"({meta['solver_choice']['reason']}); per-example gradients by {meta['grad_path']['path']}")
@@ -82,7 +82,7 @@ def main() -> None:
             print(f"  {r['kind']:>7} {r['influence']:+.4f} [label {train_data['labels'][i]}]{mark}: "
                   f"{words(train_data['input_ids'][i])}")
 
-    ranked = rayif.self_influence(task, train_data, scaling=scaling)["train_id"].to_numpy()
+    ranked = rayif.self_influence(task, train_data, scaling_config=scaling)["train_id"].to_numpy()
     inspect = ranked[: n // 10]
     found = len(np.intersect1d(inspect, flipped)) / len(flipped)
     print(f"\nself-influence: the top 10% of the training set holds {found:.0%} of the {len(flipped)} flipped "

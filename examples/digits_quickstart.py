@@ -79,7 +79,7 @@ def main() -> None:
     index = rayif.build_index(task, train, IndexConfig(source="sketch"), path=out / "index", num_rows=1000)
     test = {"x": split.x_test[picks], "y": split.y_test[picks], "id": picks}
     table = rayif.explain(task, train, test, top=5, index=index, k=100,
-                          scaling=ScalingConfig(num_workers=workers), run_config=RunConfig(test_batch_size=8))
+                          scaling_config=ScalingConfig(num_workers=workers), run_config=RunConfig(test_batch_size=8))
     rayif.write_parquet(table, out / "influence.parquet")
     png = draw(table, picks, pred, split, images, out / "quickstart.png")
     # the example checks its own result: 5 harmful and 5 helpful per test point, helpful < 0 < harmful mostly

@@ -53,7 +53,7 @@ def one_seed(seed: int, workers: int) -> dict[str, float]:
         wrong = np.flatnonzero(model(torch.as_tensor(xv)).argmax(1).numpy() != yv)
     table = rayif.explain(task, (split.x_train, split.y_train), {"x": xv[wrong], "y": yv[wrong], "id": wrong},
                           top=10, solver=ExactConfig(curvature="ggn"), seed=seed,
-                          scaling=ScalingConfig(num_workers=workers))
+                          scaling_config=ScalingConfig(num_workers=workers))
     helpful = np.unique([r["train_id"] for r in table.to_pylist() if r["kind"] == "helpful"])
     rand = np.random.default_rng(seed).choice(len(split.y_train), size=len(helpful), replace=False)
     base_v, base_t = accuracy(model, xv, yv), accuracy(model, xt, yt)

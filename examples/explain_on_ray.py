@@ -13,7 +13,6 @@ writes one parquet file per batch to ``--out``; rerun with the same ``--out`` to
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ import torch
 import rayif
 from rayif import RunConfig, ScalingConfig
 from rayif.digits import digits_task, load_digits_split
+from rayif.results import metadata
 
 
 def main() -> None:
@@ -40,14 +40,14 @@ def main() -> None:
     wrong = wrong[:8] if args.small else wrong
     test = {"x": split.x_test[wrong], "y": split.y_test[wrong], "id": wrong}
     table = rayif.explain(task, (split.x_train, split.y_train), test, top=args.top, seed=0,
-                          scaling=ScalingConfig(num_workers=args.workers, use_gpu=args.gpu),
+                          scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.gpu),
                           run_config=RunConfig(output_dir=args.out, test_batch_size=8), address=args.address)
     # the example checks its own result: every test point explained, with its top harmful and top helpful
     assert table.num_rows == len(wrong) * 2 * args.top, table.num_rows
     assert sorted(set(table["test_id"].to_pylist())) == sorted(wrong.tolist())
     choice = rayif.results.metadata(table)["solver_choice"]
     print(f"solver: {choice['chosen']} ({choice['requested']}: {choice['reason']})")
-    for w in json.loads(table.schema.metadata[b"rayif.workers"]):
+    for w in metadata(table)["workers"]:
         print(f"worker on node {w['node_id'][:12]} ({w['device']})")
     first = table.filter(table["test_id"].to_numpy() == int(wrong[0])).to_pylist()
     print(f"{len(wrong)} misclassified test points explained; test point {wrong[0]}:")

@@ -37,7 +37,7 @@ def one_seed(seed: int, workers: int) -> dict[str, np.ndarray]:
     noisy = DigitsSplit(split.x_train, y, split.x_test, split.y_test)
     task, _ = digits_task("mlp", noisy, weight_decay=1e-3, seed=seed)
     table = rayif.self_influence(task, (noisy.x_train, y), solver=ExactConfig(curvature="ggn"),
-                                 scaling=ScalingConfig(num_workers=workers))
+                                 scaling_config=ScalingConfig(num_workers=workers))
     with torch.no_grad():
         loss = cross_entropy(task.build_model()(torch.as_tensor(noisy.x_train)), torch.as_tensor(y)).numpy()
     is_flipped = np.zeros(n, dtype=bool)

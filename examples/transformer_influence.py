@@ -50,13 +50,13 @@ def main() -> None:
     scaling = ScalingConfig(num_workers=args.workers)
     cg, exact = CGConfig(), ExactConfig()  # the same damping (1e-3) and curvature by default
     test_batch = {**test.batch(wrong), "id": wrong}
-    m_cg = rayif.influence_matrix(task, train.batch(), test_batch, cg, scaling=scaling)
-    m_exact = rayif.influence_matrix(task, train.batch(), test_batch, exact, scaling=scaling)
+    m_cg = rayif.influence_matrix(task, train.batch(), test_batch, cg, scaling_config=scaling)
+    m_exact = rayif.influence_matrix(task, train.batch(), test_batch, exact, scaling_config=scaling)
     pearson = [st.pearsonr(a, c)[0] for a, c in zip(m_exact, m_cg, strict=True)]
     print(f"CG against the exact Hessian, {len(wrong)} misclassified test points: Pearson min {min(pearson):.4f}")
     # the example checks its own result: CG answers the exact question on the frozen-bottom transformer
     assert len(wrong) > 0 and min(pearson) > 0.99, pearson
-    table = rayif.explain(task, train.batch(), test_batch, top=3, solver=cg, scaling=scaling)
+    table = rayif.explain(task, train.batch(), test_batch, top=3, solver=cg, scaling_config=scaling)
     t = int(wrong[0])
     print(f"\ntest sequence {t}: {show(test, t)}, predicted {pred[t]}")
     for r in table.filter(table["test_id"].to_numpy() == t).to_pylist():

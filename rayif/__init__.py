@@ -8,12 +8,12 @@ from .config import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig,
 from .data import Examples, as_examples
 from .errors import ConvergenceError, IndefiniteError, LissaDivergenceError, NonFiniteError, RayifError, SolverError
 from .index import FeatureIndex, IndexConfig, build_index
+from .job_folder import read_results
 from .results import SCHEMA, write_parquet
-from .runner import read_results
 from .scaling import ScalingConfig
 from .task import Task
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 __all__ = [
     "SCHEMA",

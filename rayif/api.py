@@ -1,11 +1,13 @@
 """The public driver API: every entry point builds a :class:`~rayif.runner.Job` and runs it on an executor.
 
-``scaling=None`` (or ``ScalingConfig(num_workers=0)``) runs in this process; ``ScalingConfig(num_workers=N)``
-on N Ray workers. Same seed, same answer either way.
+``scaling_config=None`` (or ``ScalingConfig(num_workers=0)``) runs in this process;
+``ScalingConfig(num_workers=N)`` on N Ray workers. Same seed, same answer either way.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any
 
 import numpy as np
@@ -36,7 +38,8 @@ def task_examples(task: Task, data: Any, name: str) -> Examples:
     return as_examples(data, name=name, dict_batch=task.dict_batches)
 
 
-def _solver(solver: Any) -> SolverConfig:
+def solver_config(solver: Any) -> SolverConfig:
+    """``solver`` as the entry points take it (``None``, a name, a config) as a config; ``None``: ``AutoConfig()``."""
     if solver is None:
         return AutoConfig()
     if isinstance(solver, str):
@@ -50,7 +53,7 @@ def _solver(solver: Any) -> SolverConfig:
 def _test_job(task: Task, train: Any, test: Any, solver: SolverConfig | None, seed: int, group: bool,
               run_config: RunConfig | None) -> Job:
     return Job(task_examples(task, train, "training data"), task_examples(task, test, "test data"),
-               _solver(solver), seed, group, run=run_config or RunConfig())
+               solver_config(solver), seed, group, run=run_config or RunConfig())
 
 
 def _run(task: Task, job: Job, scaling: ScalingConfig | None, address: str | None, what: str):
@@ -59,19 +62,53 @@ def _run(task: Task, job: Job, scaling: ScalingConfig | None, address: str | Non
         return getattr(runner, what)()
 
 
+RENAMED = {"scaling": "scaling_config"}  # 0.7 spelling -> 0.8 spelling; the old ones go in 0.9
+
+
+def renamed_keywords(fn):
+    """Accept the 0.7 keyword spellings (``scaling=``) for one version, with a ``FutureWarning`` naming the new."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        for old, new in RENAMED.items():
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{fn.__name__}() got {old}= and {new}=: pass {new}= only")
+                warnings.warn(f"rayif.{fn.__name__}({old}=...) is deprecated and goes in 0.9: pass {new}=",
+                              FutureWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def fit_factors(task: Task, train: Any, kind: str = "ekfac", *, chunk_size: int = 256) -> Any:
+    """The (E)K-FAC factors of ``task``'s curvature on ``train``, fitted in this process by the runner (the
+    same chunk units it shards over Ray workers for a job). ``kind``: ``"ekfac"`` or ``"kfac"``."""
+    from .ihvp.kfac import KroneckerFactors
+
+    job = Job(task_examples(task, train, "training data"), None, CGConfig(preconditioner=kind),
+              run=RunConfig(chunk_size=chunk_size))
+    with make_executor(task, job.train, None, None, job.run, None) as ex:
+        factors = Runner(job, ex).factors()
+    assert isinstance(factors, KroneckerFactors)  # the local executor's put() is the object itself
+    return factors
+
+
+@renamed_keywords
 def explain(
     task: Task,
     train: Any,
     test: Any,
+    solver: SolverConfig | str | None = None,
     *,
     top: int = 10,
-    solver: SolverConfig | str | None = None,
     seed: int = 0,
     group: bool = False,
     candidates: np.ndarray | None = None,
     index: Any = None,
     k: int | None = None,
-    scaling: ScalingConfig | None = None,
+    scaling_config: ScalingConfig | None = None,
     run_config: RunConfig | None = None,
     address: str | None = None,
 ) -> pa.Table:
@@ -97,8 +134,9 @@ def explain(
             once a test batch's ``s_test`` is solved, the ``k/2`` training rows of largest and the ``k/2`` of
             smallest sketched influence (with ``group=True``, of the group's ``s_test``). A stale index is refused.
         k: candidates per test point with ``index=`` (a sketch index: both sides together).
-        scaling: a :class:`rayif.ScalingConfig` to run on Ray workers that each hold one model replica;
-            ``None`` or ``num_workers=0``: this process.
+        scaling_config: a :class:`rayif.ScalingConfig` to run on Ray workers that each hold one model
+            replica; ``None`` or ``num_workers=0``: this process. (``scaling=``, its 0.7 name, still works
+            until 0.9, with a ``FutureWarning``.)
         run_config: test batches, output folder and resume, progress, gradient cache, failure policy
             (:class:`rayif.RunConfig`).
         address: (Ray) the cluster to join; default ``RAY_ADDRESS``, else a local Ray started here.
@@ -119,9 +157,9 @@ def explain(
         source = {"source": "index", "index": index.fingerprint, "k": int(k)}
         if getattr(index, "source", "features") == "sketch":
             index.check_task(task)
-            job = Job(train_ex, test_ex, _solver(solver), seed, group, top, None, source, run,
+            job = Job(train_ex, test_ex, solver_config(solver), seed, group, top, None, source, run,
                       candidate_fn=lambda s: index.sketch_candidates(task, s, k))
-            return _run(task, job, scaling, address, "explain")
+            return _run(task, job, scaling_config, address, "explain")
         candidates = index.candidates(task, test_ex, k, group=group)
     elif k is not None:
         raise RayifError("k= takes an index= to find the candidates in")
@@ -135,10 +173,11 @@ def explain(
             raise RayifError(f"candidates must give each test point k >= top={top} training ids, got "
                              f"k={candidates.shape[1]}")
         source = source or {"source": "ids", "sha256": ids_digest(candidates), "k": int(candidates.shape[1])}
-    job = Job(train_ex, test_ex, _solver(solver), seed, group, top, candidates, source, run)
-    return _run(task, job, scaling, address, "explain")
+    job = Job(train_ex, test_ex, solver_config(solver), seed, group, top, candidates, source, run)
+    return _run(task, job, scaling_config, address, "explain")
 
 
+@renamed_keywords
 def compute_s_test(
     task: Task,
     train: Any,
@@ -147,14 +186,16 @@ def compute_s_test(
     *,
     seed: int = 0,
     group: bool = False,
-    scaling: ScalingConfig | None = None,
+    scaling_config: ScalingConfig | None = None,
     run_config: RunConfig | None = None,
     address: str | None = None,
 ) -> torch.Tensor:
     """``s_test = (H + lambda I)^-1 grad L(z_test)`` for every test point: ``[m, p]`` (``[1, p]`` if ``group``)."""
-    return _run(task, _test_job(task, train, test, solver, seed, group, run_config), scaling, address, "s_test_all")
+    job = _test_job(task, train, test, solver, seed, group, run_config)
+    return _run(task, job, scaling_config, address, "s_test_all")
 
 
+@renamed_keywords
 def influence_matrix(
     task: Task,
     train: Any,
@@ -163,7 +204,7 @@ def influence_matrix(
     *,
     seed: int = 0,
     group: bool = False,
-    scaling: ScalingConfig | None = None,
+    scaling_config: ScalingConfig | None = None,
     run_config: RunConfig | None = None,
     address: str | None = None,
 ) -> np.ndarray:
@@ -171,17 +212,19 @@ def influence_matrix(
 
     Holds the whole matrix: for large training sets use :func:`explain`, which keeps only the top.
     """
-    return _run(task, _test_job(task, train, test, solver, seed, group, run_config), scaling, address, "matrix")
+    job = _test_job(task, train, test, solver, seed, group, run_config)
+    return _run(task, job, scaling_config, address, "matrix")
 
 
+@renamed_keywords
 def self_influence(
     task: Task,
     train: Any,
-    *,
     solver: SolverConfig | str | None = None,
+    *,
     seed: int = 0,
     train_ids: Any = None,
-    scaling: ScalingConfig | None = None,
+    scaling_config: ScalingConfig | None = None,
     run_config: RunConfig | None = None,
     address: str | None = None,
 ) -> pa.Table:
@@ -200,8 +243,8 @@ def self_influence(
             raise RayifError(f"train_ids must be a non-empty 1-D list of integer training ids, got {want.dtype} "
                              f"{want.shape}")
         rows = np.unique(candidate_positions(want, train_ex.ids, np.argsort(train_ex.ids), what="train_ids"))
-    job = Job(train_ex, None, _solver(solver), seed, run=run_config or RunConfig(), self_rows=rows)
-    return _run(task, job, scaling, address, "self_influence")
+    job = Job(train_ex, None, solver_config(solver), seed, run=run_config or RunConfig(), self_rows=rows)
+    return _run(task, job, scaling_config, address, "self_influence")
 
 
 def _check_top(top: int, n: int) -> None:

@@ -42,7 +42,7 @@ class Objective(Protocol):
     theta: Tensor
     model: torch.nn.Module
     task: Any
-    _product_paths: dict[str, str]
+    product_paths: dict[str, str]
 
     def train_losses(self, theta: Tensor, batch: Any) -> Tensor: ...
     def outputs(self, theta: Tensor, batch: Any) -> Tensor: ...
@@ -74,7 +74,7 @@ def product(obj: Objective, vectors: Tensor, batch: Any, curvature: str = "hessi
         obj.output_spec(batch)  # checked outside the transforms, once: which output the loss reads
     if path is not None:
         return fns[PATHS.index(path)](obj, vectors, batch)
-    state = obj._product_paths
+    state = obj.product_paths
     few = curvature == "hessian" and vectors.shape[0] < BATCHED_FROM
     if state.get(curvature) == "autograd" or few:
         return fns[1](obj, vectors, batch)

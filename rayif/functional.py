@@ -7,13 +7,13 @@ need the single tensor the loss reads (:class:`OutputSpec`); the Hessian and the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call
 
 from .errors import RayifError
@@ -132,3 +132,31 @@ class OutputSpec:
     def wrap(self, tensor: Tensor) -> Any:
         """A model output holding ``tensor`` at ``key`` and nothing else."""
         return tensor if self.key is None else rebuild(self.template, {self.key: tensor}, False)
+
+
+@contextmanager
+def layer_calls(modules: Sequence[nn.Module], keep: Callable[..., Any] | None = None) -> Iterator[list[list]]:
+    """Every call of each of ``modules`` while the context is open: ``calls[i]`` lists ``(input, output)`` of
+    ``modules[i]``'s calls, the first input detached (activations enter factors and contractions, never the
+    graph) and the output as the graph has it (its gradient is asked for next). The one place rayif hooks
+    layers: per-example gradients, Kronecker factors, gradient sketches, default features.
+
+    ``keep(i, input, output, calls[i])`` records instead, and what it returns replaces the layer's output
+    (``None``: unchanged)."""
+    calls: list[list] = [[] for _ in modules]
+
+    def hook(i: int):
+        def record(_module, args, kwargs, out):
+            x = args[0] if args else next(iter(kwargs.values()))
+            if keep is not None:
+                return keep(i, x, out, calls[i])
+            calls[i].append((x.detach(), out))
+            return None
+        return record
+
+    handles = [m.register_forward_hook(hook(i), with_kwargs=True) for i, m in enumerate(modules)]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()

@@ -46,7 +46,7 @@ class Objective:
         self.fixed = {n: p.detach() for n, p in named.items() if n not in selected}  # and the buffers:
         self.fixed.update(dict(self.model.named_buffers()))
         self.per_example = PerExampleGrads(self.model, self.names, self.fixed)
-        self._product_paths: dict[str, str] = {}  # curvature -> the path its products take (rayif.curvature)
+        self.product_paths: dict[str, str] = {}  # curvature -> the path its products take (rayif.curvature)
         self._spec: OutputSpec | None = None
         self._penalty_grad: Tensor | None = None
 

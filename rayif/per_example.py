@@ -31,7 +31,7 @@ from torch.func import grad, vmap
 
 from .data import map_batch
 from .errors import RayifError
-from .functional import FunctionalModel, differentiable_kernels
+from .functional import FunctionalModel, differentiable_kernels, layer_calls
 
 log = logging.getLogger("rayif")
 
@@ -254,27 +254,19 @@ class PerExampleGrads:
             raise RayifError(f"the hooks path covers no layer holding {sorted(want - self.covered)[:3]}")
         layers = [layer for layer in self.layers if want & set(layer.attrs.values())]
         wanted, fixed = self._params(names, True)
-        calls: list[list[tuple[Tensor, Tensor]]] = [[] for _ in layers]
 
-        def hook(i):
-            def keep(_m, args, kwargs, out):
-                x = args[0] if args else next(iter(kwargs.values()))
-                if not isinstance(out, Tensor):
-                    return None
-                if out.shape[0] == 1 < b and layers[i].kind == "embedding":
-                    # position ids shared by the batch: widen the lookup, so each example has its own output
-                    # (and output gradient); the sum it is broadcast into is unchanged
-                    out = out.expand(b, *out.shape[1:]) + 0
-                calls[i].append((x.detach(), out))
-                return out.clone()  # the model may change its copy in place (relu_, +=); the kept one stays
-            return keep
+        def keep(i, x, out, mine):
+            if not isinstance(out, Tensor):
+                return None
+            if out.shape[0] == 1 < b and layers[i].kind == "embedding":
+                # position ids shared by the batch: widen the lookup, so each example has its own output
+                # (and output gradient); the sum it is broadcast into is unchanged
+                out = out.expand(b, *out.shape[1:]) + 0
+            mine.append((x.detach(), out))
+            return out.clone()  # the model may change its copy in place (relu_, +=); the kept one stays
 
-        handles = [layer.module.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-        try:
+        with layer_calls([layer.module for layer in layers], keep) as calls:
             losses = _checked(fn(FunctionalModel(self.model, {**fixed, **wanted}), batch), b)
-        finally:
-            for h in handles:
-                h.remove()
         outs = [(i, x, o) for i, c in enumerate(calls) for x, o in c if isinstance(o, Tensor) and o.requires_grad]
         result = {n: wanted[n].new_zeros(b, *wanted[n].shape) for n in names}
         if outs:

@@ -128,7 +128,7 @@ class Replica:
     def _solver(self, solver: SolverConfig, seed: int, chunk_size: int, factors: KroneckerFactors | None):
         key = (repr(solver), seed, chunk_size)  # exact builds its matrix once per replica
         if key not in self._solvers:
-            self._solvers[key] = make_solver(self.objective, self.train, solver, seed=seed, chunk_size=chunk_size,
+            self._solvers[key] = make_solver(self.objective, self.train, solver, chunk_size=chunk_size,
                                              factors=factors)
         return self._solvers[key]
 

@@ -7,17 +7,16 @@ its arguments and the seed, and the runner's sums run in a fixed order, so 1 or 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from .auto import Choice
@@ -26,17 +25,22 @@ from .data import Examples, ids_digest
 from .errors import ConvergenceError, IndefiniteError, LissaDivergenceError, RayifError
 from .executors import Call, Executor
 from .grads import require_finite_vectors
-from .ihvp import KroneckerFactors, SolveStats, kfac
+from .ihvp import KroneckerFactors, SolveStats, kfac, mean_of_repetitions
+from .job_folder import (
+    FACTORS,
+    MANIFEST_FORMAT,
+    batch_path,
+    finished_metadata,
+    open_folder,
+    read_results,
+    write_batch,
+)
 from .kernels import TopInfluence, candidate_plan, candidate_positions, chunk_grid, shards
 from .progress import Progress
 from .replica import check_ranges
-from .results import GROUP_TEST_ID, SCHEMA, SELF_INFLUENCE_SCHEMA, metadata, ranked_table, with_metadata
+from .results import GROUP_TEST_ID, SELF_INFLUENCE_SCHEMA, ranked_table, with_metadata
 
 log = logging.getLogger("rayif")
-
-MANIFEST = "_rayif_job.json"
-MANIFEST_FORMAT = 4  # 4: the requested solver, not the one auto chose (its choice depends on the model)
-FACTORS = "_rayif_factors.pt"
 
 
 @dataclass(frozen=True)
@@ -197,12 +201,11 @@ class Runner:
         (batch, block of ``solve_block`` test vectors).
         """
         job = self.job
-        while True:
-            scale, factors = self.scale(), self.factors()
-            lissa = isinstance(self.solver, LissaConfig)
+
+        def units(scale, factors):
             calls, owner = [], []
             for b, rows in enumerate(batches):
-                if lissa:
+                if isinstance(self.solver, LissaConfig):
                     parts = [(rows, t) for t in range(self.solver.repetitions)]
                 else:
                     block = len(rows) if job.group else self.run.solve_block
@@ -211,25 +214,30 @@ class Runner:
                     calls.append(Call("s_test", (r, job.group, self.solver, scale, job.seed, t, self.run.chunk_size,
                                                  factors)))
                     owner.append(b)
-            try:
-                results = self._counted(self.ex.map(calls))
-                break
-            except (IndefiniteError, LissaDivergenceError, ConvergenceError) as e:
-                self._fall_back(e)
+            return calls, owner
+
+        results, owner = self._solve(units)
         out = []
         for b in range(len(batches)):
             mine = [r for r, o in zip(results, owner, strict=True) if o == b]
-            if lissa:
-                s = torch.zeros_like(mine[0])
-                for part in mine:  # in repetition order, whatever worker ran it
-                    s += part
-                s = s / len(mine)
-            else:
-                s = torch.cat(mine)
+            s = mean_of_repetitions(mine) if isinstance(self.solver, LissaConfig) else torch.cat(mine)
             require_finite_vectors(s, "s_test")
             out.append(s)
         self._lap("s_test")
         return out
+
+    def _solve(self, units, progress=None) -> tuple[list[Any], Any]:
+        """Run the solve units ``units(scale, factors) -> (calls, tag)`` builds; where ``auto`` moves to another
+        curvature or solver (:meth:`_fall_back`), build them again for it and rerun. ``progress(calls)``: a
+        context that yields the executor's per-unit ``done`` callback. Returns the units' results in call
+        order, and the tag."""
+        while True:
+            calls, tag = units(self.scale(), self.factors())
+            try:
+                with progress(calls) if progress else nullcontext() as done:
+                    return self._counted(self.ex.map(calls, done=done)), tag
+            except (IndefiniteError, LissaDivergenceError, ConvergenceError) as e:
+                self._fall_back(e)
 
     def _counted(self, results: list[tuple[Any, SolveStats]]) -> list[Any]:
         for _, st in results:
@@ -269,9 +277,8 @@ class Runner:
     def metadata(self) -> dict[str, Any]:
         job = self.job
         return {"solver": solver_to_dict(self.solver), "solver_choice": self.choice, "seed": job.seed,
-                "grad_path": self.grad_path,
-                "num_train": len(job.train),
-                "group": job.group, "candidates": job.candidate_source, "model_fingerprint": self.fingerprint,
+                "grad_path": self.grad_path, "num_train": len(job.train), "group": job.group,
+                "candidates": job.candidate_source, "model_fingerprint": self.fingerprint,
                 "workers": [{k: i[k] for k in ("node_id", "device", "gpu_ids")} for i in self.ex.infos]}
 
     def report(self) -> dict[str, Any]:
@@ -286,8 +293,8 @@ class Runner:
         """The ranked table; with ``RunConfig.output_dir`` one parquet file per batch, resumable."""
         job = self.job
         batches = self._batches()
-        out = self._prepare_output()
-        todo = [i for i in range(len(batches)) if out is None or not _batch_path(out, i).exists()]
+        out = None if self.run.output_dir is None else open_folder(self.run.output_dir, self.identity())
+        todo = [i for i in range(len(batches)) if out is None or not batch_path(out, i).exists()]
         if len(todo) < len(batches):
             log.info("resuming in %s: %d of %d test batches already done", out, len(batches) - len(todo),
                      len(batches))
@@ -295,7 +302,7 @@ class Runner:
             self.validate()
             meta = self.metadata()
         else:  # nothing left: what the batches were computed with, without checking the curvature again
-            meta = {k: v for k, v in metadata(pq.read_table(_batch_path(out, 0))).items() if k != "convention"}
+            meta = finished_metadata(out)
         tables: dict[int, pa.Table] = {}
         bar = Progress(len(batches), "rayif explain", "batch", enabled=self.run.progress,
                        initial=len(batches) - len(todo))
@@ -307,9 +314,7 @@ class Runner:
                 test_ids = np.array([GROUP_TEST_ID]) if job.group else job.test.ids[r]
                 table = ranked_table(test_ids, acc.harmful_ids, acc.harmful, acc.helpful_ids, acc.helpful, meta)
                 if out is not None:
-                    tmp = _batch_path(out, i).with_suffix(".tmp")
-                    pq.write_table(table, tmp)
-                    tmp.rename(_batch_path(out, i))  # a batch file exists only once complete
+                    write_batch(out, i, table)
                     self._written += 1
                 tables[i] = table
                 bar.update(1, f"batch {i}: {len(r)} test points ({time.perf_counter() - t0:.2f}s for the wave)")
@@ -356,25 +361,21 @@ class Runner:
             ids = job.train.ids
         else:
             parts, ids = [rows[i : i + size] for i in range(0, len(rows), size)], job.train.ids[rows]
-        while True:
-            scale, factors = self.scale(), self.factors()
-            reps = list(range(self.solver.repetitions)) if isinstance(self.solver, LissaConfig) else [None]
-            calls = [Call("self_influence", (p, self.solver, scale, job.seed, t, size, factors))
-                     for p in parts for t in reps]
-            try:
-                with Progress(len(ids) * len(reps), "rayif self-influence", "example",
-                              enabled=self.run.progress) as bar:
-                    done = lambda k, c=calls: bar.update(_rows(c[k].args[0]))  # noqa: E731
-                    results = iter(self._counted(self.ex.map(calls, done=done)))
-                break
-            except (IndefiniteError, LissaDivergenceError, ConvergenceError) as e:
-                self._fall_back(e)
-        values = []
-        for _ in parts:
-            total = next(results)
-            for _ in reps[1:]:  # in repetition order
-                total = total + next(results)
-            values.append(total / len(reps))
+
+        def units(scale, factors):
+            reps = range(self.solver.repetitions) if isinstance(self.solver, LissaConfig) else [None]
+            return [Call("self_influence", (p, self.solver, scale, job.seed, t, size, factors))
+                    for p in parts for t in reps], None
+
+        @contextmanager
+        def progress(calls):
+            with Progress(sum(_rows(c.args[0]) for c in calls), "rayif self-influence", "example",
+                          enabled=self.run.progress) as bar:
+                yield lambda k: bar.update(_rows(calls[k].args[0]))
+
+        results, _ = self._solve(units, progress)
+        reps = len(results) // len(parts)  # in repetition order within each part
+        values = [mean_of_repetitions(results[i * reps : (i + 1) * reps]) for i in range(len(parts))]
         v = np.concatenate(values)
         order = np.lexsort((ids, -v))
         self._lap("self_influence")
@@ -392,35 +393,6 @@ class Runner:
                 "train_ids_sha256": ids_digest(job.train.ids), "num_test": len(job.test),
                 "test_ids_sha256": ids_digest(job.test.ids), "candidates": job.candidate_source}
 
-    def _prepare_output(self) -> Path | None:
-        if self.run.output_dir is None:
-            return None
-        out = Path(self.run.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        manifest, job = out / MANIFEST, self.identity()
-        if manifest.exists():
-            before = json.loads(manifest.read_text())
-            diff = sorted(k for k in set(before) | set(job) if before.get(k) != job.get(k))
-            if diff:
-                detail = "; ".join(f"{k}: {str(before.get(k))[:40]} -> {str(job.get(k))[:40]}" for k in diff)
-                raise RayifError(f"{out} holds results of a different job (differs in {diff}: {detail}); use a new "
-                                 "output_dir, or delete that one to recompute")
-        else:
-            manifest.write_text(json.dumps(job, indent=1))
-        return out
-
-
-def read_results(output_dir: str | Path) -> pa.Table:
-    """All batch files of a job's output folder as one table, in test order."""
-    files = sorted(Path(output_dir).glob("batch-*.parquet"))
-    if not files:
-        return SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f) for f in files])
-
 
 def _rows(part: slice | np.ndarray) -> int:
     return part.stop - part.start if isinstance(part, slice) else len(part)
-
-
-def _batch_path(out: Path, i: int) -> Path:
-    return out / f"batch-{i:06d}.parquet"

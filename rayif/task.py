@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import RayifError
+from .functional import layer_calls
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 BatchLossFn = Callable[[Callable[..., Any], Any], Tensor]
@@ -151,16 +152,11 @@ def last_linear_input(model: nn.Module, run: Callable[[], Any], b: int) -> Tenso
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise RayifError("the model has no nn.Linear layer; pass Task(features=...) to say what its features are")
-    captured: list[Tensor] = []
-    handle = linears[-1].register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        handle.remove()
-    if not captured:
+    with layer_calls(linears[-1:]) as calls, torch.no_grad():
+        run()
+    if not calls[0]:
         raise RayifError("the model's last nn.Linear was not called; pass Task(features=...)")
-    return captured[-1].reshape(b, -1)
+    return calls[0][-1][0].reshape(b, -1)
 
 
 def model_fingerprint(model: nn.Module) -> str:

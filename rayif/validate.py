@@ -20,13 +20,13 @@ import scipy.stats as st
 import torch
 from torch import nn
 
-from .api import _solver, influence_matrix, task_examples
+from .api import influence_matrix, renamed_keywords, solver_config, task_examples
 from .config import ExactConfig, SolverConfig, solver_to_dict
 from .data import Examples
 from .errors import RayifError
-from .index.recall import candidate_recall, true_top
 from .plotting import pyplot, save
 from .progress import Progress
+from .recall import candidate_recall, true_top
 from .task import Task
 
 log = logging.getLogger("rayif")
@@ -69,18 +69,20 @@ class ValidateConfig:
             raise RayifError(f"ValidateConfig.lds_fraction must be in (0, 1), got {self.lds_fraction}")
 
 
+@renamed_keywords
 def validate(task: Task, train: Any, test: Any, *, solver: SolverConfig | str | None = None,
              reference: SolverConfig | str | None = None, index: Any = None, k: int | None = None,
              retrain: Retrain | None = None, config: ValidateConfig | None = None,
-             scaling: Any = None, address: str | None = None) -> dict[str, Any]:
+             scaling_config: Any = None, address: str | None = None) -> dict[str, Any]:
     """Check the configured fast settings on the user's own model and data.
 
     Args:
         solver: the fast solver (its config or name) the user runs; default ``"auto"``.
         reference: the full influence it is judged against; default ``ExactConfig()`` at the same damping and
             curvature as ``solver`` (feasible up to a few thousand parameters; pass a tight CG otherwise).
-        index, k: the candidate index and ``k`` the user runs with; the report then holds the overlap of
-            the fast pipeline's top with the full top and the recall of the full top among the candidates.
+        index: the candidate index the user runs with; the report then holds the overlap of the fast
+            pipeline's top with the full top and the recall of the full top among the candidates.
+        k: candidates per test point with ``index``.
         retrain: ``retrain(keep_ids) -> Task | nn.Module`` for leave-one-out and the LDS (skipped without it).
 
     Returns:
@@ -91,24 +93,26 @@ def validate(task: Task, train: Any, test: Any, *, solver: SolverConfig | str | 
 
     cfg = config or ValidateConfig()
     train_ex, test_ex = task_examples(task, train, "training data"), task_examples(task, test, "test data")
-    fast = _solver(solver)
-    full = _solver(reference) if reference is not None else _reference(fast)
+    fast = solver_config(solver)
+    full = solver_config(reference) if reference is not None else _reference(fast)
     rng = np.random.default_rng(cfg.seed)
     picks = np.sort(rng.choice(len(test_ex), size=min(cfg.test_points, len(test_ex)), replace=False))
     sample = test_ex.take(picks)
     report: dict[str, Any] = {"test_ids": sample.ids.tolist(), "num_train": len(train_ex), "config": asdict(cfg),
                               "solver": solver_to_dict(fast), "reference": solver_to_dict(full), "seconds": {}}
     lap = _Laps(report["seconds"])
-    truth = influence_matrix(task, train_ex, sample, full, seed=cfg.seed, scaling=scaling, address=address)
+    truth = influence_matrix(task, train_ex, sample, full, seed=cfg.seed, scaling_config=scaling_config,
+                             address=address)
     lap("reference")
-    approx = influence_matrix(task, train_ex, sample, fast, seed=cfg.seed, scaling=scaling, address=address)
+    approx = influence_matrix(task, train_ex, sample, fast, seed=cfg.seed, scaling_config=scaling_config,
+                              address=address)
     lap("fast_solver")
     report["fast_vs_full"] = {"solver": _agreement(approx, truth, train_ex.ids, cfg.top)}
     if index is not None:
         if k is None:
             raise RayifError("validate with an index needs the k you run with")
         table = explain(task, train_ex, sample, top=cfg.top, solver=fast, seed=cfg.seed, index=index, k=k,
-                        scaling=scaling, address=address)
+                        scaling_config=scaling_config, address=address)
         lap("fast_pipeline")
         report["fast_vs_full"]["pipeline"] = _pipeline_overlap(table, truth, train_ex.ids, sample.ids, cfg.top, k)
         ks = sorted({min(max(int(x), cfg.top), len(train_ex)) for x in (cfg.ks or (k // 4, k // 2, k, 2 * k))})
@@ -117,7 +121,7 @@ def validate(task: Task, train: Any, test: Any, *, solver: SolverConfig | str | 
         report["recall"] = recall.to_pylist()
         lap("recall")
     if retrain is not None:
-        losses = _Losses(task, retrain, train_ex, test_ex)
+        losses = RetrainedLosses(task, retrain, train_ex, test_ex)
         if cfg.loo_train_points:
             report["loo"] = _loo(losses, truth, picks, train_ex, cfg)
             lap("leave_one_out")
@@ -172,8 +176,11 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": round(float(v.mean()), 4), "min": round(float(v.min()), 4), "max": round(float(v.max()), 4)}
 
 
-class _Losses:
-    """Test losses of models the user's ``retrain`` makes, measured with the task's own test loss."""
+class RetrainedLosses:
+    """Test losses of models the user's ``retrain`` makes, measured with the task's own test loss: the one
+    retrain-and-measure step of leave-one-out, the LDS and the FastIF benchmark's Fig. 3c.
+
+    ``losses(keep_ids, rows) -> [len(rows)]``: the losses of test rows ``rows`` after ``retrain(keep_ids)``."""
 
     def __init__(self, task: Task, retrain: Retrain, train: Examples, test: Examples):
         self.task, self.retrain, self.train, self.test = task, retrain, train, test
@@ -195,7 +202,7 @@ class _Losses:
         return out
 
 
-def _loo(losses: _Losses, truth: np.ndarray, picks: np.ndarray, train: Examples,
+def _loo(losses: RetrainedLosses, truth: np.ndarray, picks: np.ndarray, train: Examples,
          cfg: ValidateConfig) -> dict[str, Any]:
     """Retrain without single training points; compare the test-loss change with ``-influence / n``."""
     n, ids = len(train), train.ids
@@ -226,8 +233,8 @@ def _loo(losses: _Losses, truth: np.ndarray, picks: np.ndarray, train: Examples,
             "predicted": predicted.tolist(), "actual": actual.tolist()}
 
 
-def _lds(losses: _Losses, scores: dict[str, np.ndarray], picks: np.ndarray, train: Examples, cfg: ValidateConfig,
-         rng: np.random.Generator) -> dict[str, Any]:
+def _lds(losses: RetrainedLosses, scores: dict[str, np.ndarray], picks: np.ndarray, train: Examples,
+         cfg: ValidateConfig, rng: np.random.Generator) -> dict[str, Any]:
     """Spearman, per test point over random subsets S, between ``sum_{z in S} influence(z)`` and the test loss
     of the model retrained on S; averaged over the test points (Park et al. 2023's LDS, with loss as output).
 

@@ -201,3 +201,16 @@ def test_a_solver_that_is_not_a_config(small):
         rayif.explain(task, train, test, candidates=np.zeros((2, 3), np.int64))
     with pytest.raises(RayifError, match="candidates name ids that are not in the training data"):
         rayif.explain(task, train, test, top=2, solver=ExactConfig(), candidates=np.full((2, 3), 999))
+
+
+def test_old_spellings_still_work_for_one_version_and_name_the_new_one(small):
+    task, train, test = small
+    want = rayif.influence_matrix(task, train, test, ExactConfig(), scaling_config=None)
+    with pytest.warns(FutureWarning, match=r"influence_matrix\(scaling=...\) is deprecated .* pass scaling_config="):
+        got = rayif.influence_matrix(task, train, test, ExactConfig(), scaling=None)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="pass scaling_config= only"):
+        rayif.explain(task, train, test, scaling=None, scaling_config=None)
+    # the solver is the fourth argument of every entry point (self_influence: the third)
+    table = rayif.explain(task, train, test, ExactConfig(), top=3)
+    assert table.num_rows == 2 * 2 * 3

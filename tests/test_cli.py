@@ -7,9 +7,10 @@ import pyarrow.parquet as pq
 from rayif.cli import main
 
 
-def test_demo_prints_and_writes_ranked_influence(ray_local, tmp_path, capsys):
+def test_demo_prints_and_writes_ranked_influence(ray_local, tmp_path, capfd):
     assert main(["demo", "--test-points", "2", "--top", "3", "--solver", "exact", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
+    assert "max_restarts > 0" not in err  # Ray's core worker says it on every actor start (see executors/ray.py)
     assert out.count("most harmful:") == 2 and out.count("most helpful:") == 2
     assert out.count("ran on node") == 2  # the default runs on 2 Ray workers
     table = pq.read_table(tmp_path / "demo.parquet")
@@ -83,7 +84,7 @@ def test_explain_cli_on_parquet_equals_the_python_api(ray_local, tmp_path, capsy
 
     sketch_dir = tmp_path / "sketch-index"  # rayif index, then explain reusing it
     assert main(["index", "--task", "rayif.digits:example_task", "--train", str(tmp_path / "train.parquet"),
-                 "--out", str(sketch_dir), "--source", "sketch", "--sketch-dim", "64"]) == 0
+                 "--out", str(sketch_dir), "--candidates", "sketch", "--sketch-dim", "64"]) == 0
     assert "sketch index (flat) of 1000 x 64" in capsys.readouterr().out
     assert main([*common, "--k", "100", "--candidates", "sketch", "--sketch-dim", "64", "--index-dir",
                  str(sketch_dir), "--out", str(tmp_path / "sk")]) == 0
@@ -107,3 +108,37 @@ def test_a_user_mistake_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["explain", "--task", "rayif.digits:example_task", "--train", str(tmp_path / "train.parquet"),
                  "--test", str(tmp_path / "test.parquet"), "--solver", "lissa", "--solver-option", "depht=3"]) == 2
     assert "unknown lissa option(s) ['depht']" in capsys.readouterr().err
+
+
+def test_one_name_per_option_in_every_command_and_the_old_ones_warn(capsys):
+    from rayif.cli import parser
+
+    root, cmds = parser()
+    for name in ("explain", "validate", "index"):
+        flags = {s for a in cmds[name]._actions for s in a.option_strings}
+        assert {"--candidates", "--index-kind", "--sketch-dim"} <= flags, name
+    assert {"--candidates", "--index-kind"} <= {s for a in cmds["recall"]._actions for s in a.option_strings}
+    new = root.parse_args(["index", "--task", "t:f", "--train", "x", "--out", "o", "--candidates", "sketch",
+                           "--index-kind", "ivf_flat"])
+    assert capsys.readouterr().err == ""
+    old = root.parse_args(["index", "--task", "t:f", "--train", "x", "--out", "o", "--source", "sketch",
+                           "--kind", "ivf_flat"])
+    assert (old.candidates, old.index_kind) == (new.candidates, new.index_kind) == ("sketch", "ivf_flat")
+    err = capsys.readouterr().err
+    assert "--source is deprecated and goes in 0.9: use --candidates" in err and "use --index-kind" in err
+    assert root.parse_args(["recall", "--sources", "sketch"]).candidates == "sketch"
+    assert "--source" not in cmds["index"].format_help()  # the old spellings are not advertised
+
+
+def test_only_rays_empty_notices_are_dropped():
+    import logging
+
+    from rayif.cli import RayNotices
+
+    def record(message):
+        return logging.LogRecord("ray._private.authentication", logging.WARNING, __file__, 1, message, None, None)
+
+    notices = RayNotices()
+    assert not notices.filter(record("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=..."))
+    assert notices.filter(record("Token authentication is enabled but no authentication token was found"))
+    assert notices.filter(record("Started a local Ray instance."))

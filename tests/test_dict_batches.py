@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +13,7 @@ import torch
 import rayif
 from rayif import CGConfig, ExactConfig, LissaConfig, RayifError, RunConfig, ScalingConfig, tokens
 from rayif.index import build_index
+from rayif.results import metadata
 
 DAMPING = 1e-3
 
@@ -43,11 +42,11 @@ def test_cg_matches_exact_through_dict_batches_in_process_and_on_ray(tx, ray_loc
     pearson = [st.pearsonr(a, b)[0] for a, b in zip(exact, cg, strict=True)]
     assert min(pearson) >= 0.99, pearson
     on_ray = rayif.influence_matrix(task, tr, te, CGConfig(damping=DAMPING, tol=1e-8),
-                                    scaling=ScalingConfig(num_workers=2), run_config=RunConfig(solve_block=3))
+                                    scaling_config=ScalingConfig(num_workers=2), run_config=RunConfig(solve_block=3))
     np.testing.assert_allclose(on_ray, cg, rtol=1e-6, atol=1e-9 * np.abs(cg).max())
     # and the ranked table: the same top harmful as the exact matrix says
     table = rayif.explain(task, tr, te, top=5, solver=CGConfig(damping=DAMPING, tol=1e-8),
-                          scaling=ScalingConfig(num_workers=2))
+                          scaling_config=ScalingConfig(num_workers=2))
     for row in range(6):
         got = table.filter((table["test_id"].to_numpy() == row) & (np.array(table["kind"].to_pylist()) == "harmful"))
         assert len(set(got["train_id"].to_pylist()) & set(np.argsort(-exact[row])[:5])) >= 4
@@ -100,7 +99,7 @@ def test_the_knn_feature_is_the_pooled_representation(tx, ray_local):
     near = idx.candidates(task, test.batch(slice(0, 5)), 30)
     for row in range(5):
         assert set(table.filter(table["test_id"].to_numpy() == row)["train_id"].to_pylist()) <= set(near[row])
-    assert json.loads(table.schema.metadata[b"rayif.candidates"])["source"] == "index"
+    assert metadata(table)["candidates"]["source"] == "index"
 
 
 def test_dict_batch_mistakes_are_clear(tx):

@@ -160,7 +160,8 @@ def test_explain_with_an_index_ranks_each_test_points_neighbours(built, ray_loca
         want = cand[row][np.argsort(-full[row, cand[row]], kind="stable")[:5]]
         assert got["train_id"].to_pylist() == want.tolist()
         np.testing.assert_allclose(got["influence"].to_numpy(), full[row, want], rtol=1e-6)
-    on_ray = explain(task, train, test, top=5, solver=lissa, index=idx, k=40, scaling=ScalingConfig(num_workers=2))
+    on_ray = explain(task, train, test, top=5, solver=lissa, index=idx, k=40,
+                     scaling_config=ScalingConfig(num_workers=2))
     assert on_ray["train_id"].to_pylist() == table["train_id"].to_pylist()
     np.testing.assert_allclose(on_ray["influence"].to_numpy(), table["influence"].to_numpy(), rtol=1e-5)
     group = explain(task, train, test, top=5, solver=lissa, index=idx, k=40, group=True)
@@ -180,3 +181,16 @@ def test_a_ray_dataset_with_scalar_feature_columns(mlp, ray_local):
     ids, dist = idx.search(q, 1)
     np.testing.assert_array_equal(ids[:, 0], 3 * np.arange(300) + 1)  # every row is its own nearest
     np.testing.assert_allclose(dist[:, 0], 0, atol=1e-4)
+
+
+def test_an_index_of_arrays_in_memory_searches_as_numpy_does():
+    rng = np.random.default_rng(0)
+    base, queries, ids = rng.normal(size=(300, 8)), rng.normal(size=(4, 8)), np.arange(300) * 10 + 7
+    near = FeatureIndex.from_arrays(ids, base)
+    want = np.argsort(((queries[:, None, :] - base[None]) ** 2).sum(-1), axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(near.search(queries, 5)[0], ids[want])
+    sketch = FeatureIndex.from_arrays(ids, base, IndexConfig(source="sketch"))
+    got = sketch.sketch_halves(queries.astype(np.float32), 6)  # 3 of largest -q.v, then 3 of largest q.v
+    dots = queries @ base.T
+    np.testing.assert_array_equal(got[:, :3], ids[np.argsort(dots, axis=1)[:, :3]])
+    np.testing.assert_array_equal(got[:, 3:], ids[np.argsort(-dots, axis=1)[:, :3]])

@@ -185,5 +185,5 @@ def test_a_replica_that_cannot_be_built_raises_the_users_error_once(ray_local, h
     _, train, test = heads
     task = Task(model_factory=Broken(), batch_loss=_logits_loss(None))
     with caplog.at_level(logging.WARNING, logger="rayif"), pytest.raises(FileNotFoundError, match="missing.pt"):
-        rayif.explain(task, train, test, scaling=ScalingConfig(num_workers=2))
+        rayif.explain(task, train, test, scaling_config=ScalingConfig(num_workers=2))
     assert "died" not in caplog.text

@@ -225,7 +225,7 @@ def test_ggn_on_a_model_without_forward_mode_falls_back_to_reverse_mode_and_says
     assert len(notes) == 1 and "jvp" in notes[0], notes
     # the Hessian needs only reverse mode: still batched
     torch.testing.assert_close(obj.product(v, batch), _per_vector_hessian(obj, v, batch), rtol=1e-10, atol=1e-12)
-    assert obj._product_paths["hessian"] == "batched"
+    assert obj.product_paths["hessian"] == "batched"
 
 
 def test_float32_products_match_float64():

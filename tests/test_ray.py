@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 import numpy as np
@@ -15,6 +14,7 @@ import rayif
 from rayif import CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig, ScalingConfig
 from rayif.data import as_examples
 from rayif.executors.ray import RayExecutor
+from rayif.results import metadata
 from rayif.runner import Job, Runner
 
 LISSA = LissaConfig(depth=300, repetitions=4)
@@ -37,16 +37,16 @@ def _same(a, b, rtol=0.0):
 
 
 def _job(table) -> dict:
-    return json.loads(table.schema.metadata[b"rayif.job"])
+    return metadata(table)["job"]
 
 
 def test_ray_equals_single_process_and_any_worker_count(ray_local, data):
     task, train, test = data
     run = RunConfig(test_batch_size=4)
     single = rayif.explain(task, train, test, top=10, solver=LISSA, seed=3, run_config=run)
-    one = rayif.explain(task, train, test, top=10, solver=LISSA, seed=3, scaling=ScalingConfig(num_workers=1),
+    one = rayif.explain(task, train, test, top=10, solver=LISSA, seed=3, scaling_config=ScalingConfig(num_workers=1),
                         run_config=run)
-    two = rayif.explain(task, train, test, top=10, solver=LISSA, seed=3, scaling=ScalingConfig(num_workers=2),
+    two = rayif.explain(task, train, test, top=10, solver=LISSA, seed=3, scaling_config=ScalingConfig(num_workers=2),
                         run_config=run)
     _same(one, single, rtol=1e-5)
     _same(two, one)  # bit-identical: repetition t has seed (seed, t) wherever it runs
@@ -56,15 +56,15 @@ def test_four_workers_all_run_s_test_units_and_equal_one_worker(ray_local, data)
     task, train, test = data
     cfg, run = LissaConfig(depth=200, repetitions=2), RunConfig(test_batch_size=2)
     four = rayif.explain(task, train, test, top=5, solver=cfg, seed=1, run_config=run,
-                         scaling=ScalingConfig(num_workers=4, use_gpu=True, resources_per_worker=HALF_CPU))
+                         scaling_config=ScalingConfig(num_workers=4, use_gpu=True, resources_per_worker=HALF_CPU))
     one = rayif.explain(task, train, test, top=5, solver=cfg, seed=1, run_config=run,
-                        scaling=ScalingConfig(num_workers=1, resources_per_worker=HALF_CPU))
+                        scaling_config=ScalingConfig(num_workers=1, resources_per_worker=HALF_CPU))
     _same(four, one)
     busy = _job(four)["worker_busy"]
     # T=2 per batch, so two batches are in flight at once and every worker gets s_test units
     assert len(busy) == 4 and all(b.get("s_test", 0) > 0 for b in busy), busy
     assert all(b.get("score", 0) > 0 for b in busy), busy
-    gpus = [w["gpu_ids"] for w in json.loads(four.schema.metadata[b"rayif.workers"])]
+    gpus = [w["gpu_ids"] for w in metadata(four)["workers"]]
     assert sorted(gpus) == [["0"], ["1"], ["2"], ["3"]]  # one fake GPU per replica
 
 
@@ -74,17 +74,18 @@ def test_group_self_influence_and_matrix_on_ray_equal_in_process(ray_local, data
     cfg = LissaConfig(depth=150, repetitions=3)
     for solver in (ExactConfig(), cfg):
         local = rayif.explain(task, train, test, top=5, solver=solver, group=True)
-        remote = rayif.explain(task, train, test, top=5, solver=solver, group=True, scaling=scaling)
+        remote = rayif.explain(task, train, test, top=5, solver=solver, group=True, scaling_config=scaling)
         _same(remote, local, rtol=1e-6)
         assert set(remote["test_id"].to_pylist()) == {-1}
     m_local = rayif.influence_matrix(task, train, test, ExactConfig())
-    m_ray = rayif.influence_matrix(task, train, test, ExactConfig(), scaling=scaling,
+    m_ray = rayif.influence_matrix(task, train, test, ExactConfig(), scaling_config=scaling,
                                    run_config=RunConfig(test_batch_size=3, solve_block=2))
     np.testing.assert_allclose(m_ray, m_local, rtol=1e-8, atol=1e-12 * np.abs(m_local).max())
     small = (train[0][:300], train[1][:300])
     for solver in (ExactConfig(), LissaConfig(depth=100, repetitions=2)):
         s_local = rayif.self_influence(task, small, solver=solver)
-        s_ray = rayif.self_influence(task, small, solver=solver, scaling=scaling, run_config=RunConfig(chunk_size=64))
+        s_ray = rayif.self_influence(task, small, solver=solver, scaling_config=scaling,
+                                     run_config=RunConfig(chunk_size=64))
         assert s_ray["train_id"].to_pylist()[:20] == s_local["train_id"].to_pylist()[:20]
         np.testing.assert_allclose(np.sort(s_ray["self_influence"].to_numpy()),
                                    np.sort(s_local["self_influence"].to_numpy()), rtol=1e-6)
@@ -96,7 +97,7 @@ def test_kronecker_factors_are_fitted_across_workers_and_equal_in_process(ray_lo
     for solver in (CGConfig(), EKFACConfig()):
         local = rayif.explain(task, train, test, top=5, solver=solver, run_config=run)
         remote = rayif.explain(task, train, test, top=5, solver=solver, run_config=run,
-                               scaling=ScalingConfig(num_workers=2, resources_per_worker=HALF_CPU))
+                               scaling_config=ScalingConfig(num_workers=2, resources_per_worker=HALF_CPU))
         _same(remote, local, rtol=1e-6)
         busy = _job(remote)["worker_busy"]
         assert all(b.get("factor_sums", 0) > 0 and b.get("eigen_sums", 0) > 0 for b in busy), busy
@@ -108,7 +109,7 @@ def test_exact_solver_and_candidate_ids_on_ray(ray_local, data):
     rng = np.random.default_rng(0)
     cand = np.stack([rng.choice(1000, size=50, replace=False) for _ in range(8)])
     table = rayif.explain(task, train, test, top=5, solver=ExactConfig(), candidates=cand,
-                          scaling=ScalingConfig(num_workers=2), run_config=RunConfig(solve_block=3))
+                          scaling_config=ScalingConfig(num_workers=2), run_config=RunConfig(solve_block=3))
     for row in range(8):
         vals = full[row, cand[row]]
         want = cand[row][np.argsort(-vals)[:5]]
@@ -157,7 +158,7 @@ def test_dead_pool_says_how_to_resume(ray_local, data):
 def test_resume_computes_only_missing_batches_and_refuses_a_changed_model(ray_local, data, tmp_path, caplog):
     task, train, test = data
     run = RunConfig(test_batch_size=3, output_dir=str(tmp_path))
-    kw = dict(top=5, solver=LISSA, seed=1, scaling=ScalingConfig(num_workers=2), run_config=run)
+    kw = dict(top=5, solver=LISSA, seed=1, scaling_config=ScalingConfig(num_workers=2), run_config=run)
     first = rayif.explain(task, train, test, **kw)
     assert len(list(tmp_path.glob("batch-*.parquet"))) == 3
     (tmp_path / "batch-000001.parquet").unlink()  # as if the driver stopped before writing it
@@ -201,8 +202,8 @@ def test_workers_that_cannot_be_placed_name_the_missing_resources(ray_local, dat
     task, train, test = data
     with pytest.raises(rayif.RayifError, match=r"the cluster lacks CPU: 3 needed, 2 in the cluster"):
         rayif.explain(task, train, test, solver=LISSA,
-                      scaling=ScalingConfig(num_workers=3, placement_timeout_s=1.0))
+                      scaling_config=ScalingConfig(num_workers=3, placement_timeout_s=1.0))
     # what was reserved was given back: a job that fits runs next
-    table = rayif.explain(task, train, test, top=3, solver=ExactConfig(), scaling=ScalingConfig(num_workers=2))
+    table = rayif.explain(task, train, test, top=3, solver=ExactConfig(), scaling_config=ScalingConfig(num_workers=2))
     assert table.num_rows == 8 * 2 * 3
     assert torch.get_num_threads() >= 1

@@ -18,6 +18,7 @@ from rayif.digits import cross_entropy
 from rayif.grads import Objective
 from rayif.index import FeatureIndex, GradientSketch, IndexConfig, build_index
 from rayif.index.sketch import Sketcher, fit_basis
+from rayif.results import metadata
 
 from .test_products import MODELS, _data, _task
 
@@ -165,13 +166,13 @@ def test_explain_with_a_sketch_index_on_ray_workers(sketched, ray_local, tmp_pat
     run = rayif.RunConfig(output_dir=str(tmp_path / "out"), test_batch_size=4)
     one = explain(task, train, test, index=idx, k=100, top=5, solver="exact", run_config=run)
     two = explain(task, train, test, index=idx, k=100, top=5, solver="exact",
-                  scaling=rayif.ScalingConfig(num_workers=2))
+                  scaling_config=rayif.ScalingConfig(num_workers=2))
     a, b = one.to_pydict(), two.to_pydict()  # the same ranking; values to float rounding (BLAS threads differ)
     assert one.num_rows == 8 * 2 * 5 and a["train_id"] == b["train_id"] and a["test_id"] == b["test_id"]
     np.testing.assert_allclose(a["influence"], b["influence"], rtol=1e-9)
     full = explain(task, train, test, top=5, solver="exact").to_pydict()
     assert np.mean(np.array(one.to_pydict()["train_id"]) == np.array(full["train_id"])) >= 0.9
-    assert '"k": 100' in one.schema.metadata[b"rayif.candidates"].decode()
+    assert metadata(one)["candidates"]["k"] == 100
     again = explain(task, train, test, index=idx, k=100, top=5, solver="exact", run_config=run)  # resumes
     assert again.to_pydict() == one.to_pydict()
     group = explain(task, train, test, index=idx, k=100, top=5, solver="exact", group=True)

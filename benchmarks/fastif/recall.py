@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayif.index.recall import candidate_recall
+from rayif.recall import candidate_recall
 
 from .workload import Problem, Settings
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,7 @@ import numpy as np
 
 from rayif.plotting import pyplot, save
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import machine  # noqa: E402, F401  (the run's machine, described as every benchmark describes it)
+from .._common import machine  # noqa: F401  (the run's machine, described as every benchmark describes it)
 
 # the thresholds tests/test_ground_truth.py and test_solvers.py hold every change to; the sketch recall bar of
 # issue 11 is held here (the quick mode measures it on the digits MLP, as test_sketch.py did)

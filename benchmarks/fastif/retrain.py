@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import scipy.stats as st
-import torch
 
 from rayif import compute_s_test
+from rayif.validate import RetrainedLosses
 
 from .workload import Problem, Settings, influence_of
 
@@ -87,11 +87,8 @@ def _order(values: np.ndarray, candidates: np.ndarray | None = None) -> dict[str
 
 
 def _losses(p: Problem, keep: np.ndarray, test) -> np.ndarray:
-    """The test losses of ``test`` after retraining on ``keep``."""
-    model = p.retrain(keep).build_model()
-    model.eval()
-    with torch.no_grad():
-        return p.task.test_losses(model, test.batch).double().numpy()
+    """The test losses of ``test`` after retraining on ``keep`` (rayif.validate's own step)."""
+    return RetrainedLosses(p.task, p.retrain, p.train, test)(keep, np.arange(len(test)))
 
 
 def _row(system: str, side: str, m: int, changes: list[float], predicted: list[float] | None) -> dict[str, Any]:

@@ -3,10 +3,7 @@ many test points, and peak resident memory of the driver and of the Ray workers,
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,11 +13,10 @@ from rayif.data import as_examples
 from rayif.grads import Objective
 from rayif.ihvp import estimate_scale
 from rayif.mixture import mixture_task
+from rayif.results import metadata
 
+from .._common import Memory
 from .workload import Settings, lissa
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import Memory  # noqa: E402
 
 
 def run(s: Settings) -> dict[str, Any]:
@@ -48,9 +44,9 @@ def run(s: Settings) -> dict[str, Any]:
         with Memory() as mem:
             t0 = time.perf_counter()
             table = explain(task, train, test, top=10, solver=cfg, seed=s.seed, index=index, k=s.scale_k,
-                            scaling=ScalingConfig(num_workers=workers), run_config=RunConfig(progress=False))
+                            scaling_config=ScalingConfig(num_workers=workers), run_config=RunConfig(progress=False))
             wall = time.perf_counter() - t0
-        job = json.loads(table.schema.metadata[b"rayif.job"])
+        job = metadata(table)["job"]
         out["runs"].append({"workers": workers, "wall_s": wall, "s_per_point": wall / s.scale_test_points,
                             "phases_s": job["seconds"], "memory": _memory(mem), "rows": table.num_rows,
                             "table": table})

@@ -3,22 +3,18 @@ by FastIF's naive loop measured in the same run, and each one's agreement with e
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from rayif import RunConfig, ScalingConfig, explain
-from rayif.index.recall import true_top
+from rayif.recall import true_top
 from rayif.results import metadata
 
+from .._naive import naive_point
 from .workload import Problem, Settings, agreement, top_overlap
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _naive import naive_point  # noqa: E402
 
 
 def run(p: Problem, s: Settings) -> dict[str, Any]:
@@ -66,7 +62,7 @@ def run(p: Problem, s: Settings) -> dict[str, Any]:
         index = p.indexes[source] if source else None
         t0 = time.perf_counter()
         table = explain(p.task, p.train, p.test, top=(k // 2 if index else n // 2), solver=solver, seed=s.seed,
-                        index=index, k=k if index else None, scaling=ScalingConfig(num_workers=workers),
+                        index=index, k=k if index else None, scaling_config=ScalingConfig(num_workers=workers),
                         run_config=RunConfig(progress=False))
         wall = time.perf_counter() - t0
         meta = metadata(table)

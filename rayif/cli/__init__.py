@@ -12,6 +12,7 @@ SOLVERS = ["auto", "exact", "cg", "lissa", "ekfac"]
 SOLVER_HELP = ("auto (default): exact for small models, else EK-FAC-preconditioned CG or LiSSA; all at the same "
                "damping (1e-3) and curvature (hessian)")
 KINDS = ["flat", "ivf_flat", "ivf_pq"]
+SOURCES = ["features", "sketch"]
 
 
 def _data(p: argparse.ArgumentParser, *, train: bool = True, test: bool = False, required: bool = True) -> None:
@@ -39,14 +40,38 @@ def _scaling(p: argparse.ArgumentParser, workers: int = 2) -> None:
     p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
 
+class _Renamed(argparse.Action):
+    """A 0.7 spelling of a flag: still accepted (hidden from --help) until 0.9, with a warning naming the new one."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"rayif: warning: {option_string} is deprecated and goes in 0.9: use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _index_options(p: argparse.ArgumentParser, *, sources: bool = False) -> None:
+    """The names every command gives the index's options (``IndexConfig``'s ``source`` and ``kind``)."""
+    if sources:  # several indexes compared (rayif recall)
+        p.add_argument("--candidates", default="features,sketch",
+                       help="comma-separated candidate sources compared: features, sketch")
+        p.add_argument("--sources", dest="candidates", action=_Renamed, new="--candidates")
+    else:
+        p.add_argument("--candidates", choices=SOURCES, default="features",
+                       help="the index's source (IndexConfig.source): the k nearest in feature space (FastIF), or "
+                            "the k/2 + k/2 of largest and smallest influence by gradient sketch")
+        p.add_argument("--source", dest="candidates", choices=SOURCES, action=_Renamed, new="--candidates")
+    p.add_argument("--index-kind", choices=KINDS, default="flat", help="the FAISS index type (IndexConfig.kind)")
+    p.add_argument("--kind", dest="index_kind", choices=KINDS, action=_Renamed, new="--index-kind")
+    p.add_argument("--sketch-dim", type=int, default=256, help="dimension of a gradient sketch (--candidates sketch)")
+
+
 def _candidates(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=None, help="candidates per test point (builds or reuses an index)")
-    p.add_argument("--candidates", choices=["features", "sketch"], default="features",
-                   help="with --k: the k nearest in feature space (FastIF) or the k/2 + k/2 of largest and "
-                        "smallest influence by gradient sketch")
-    p.add_argument("--sketch-dim", type=int, default=256, help="dimension of a gradient sketch (--candidates sketch)")
+    _index_options(p)
     p.add_argument("--index-dir", default=None, help="where the FAISS index is kept and reused")
-    p.add_argument("--index-kind", choices=KINDS, default="flat")
 
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -81,6 +106,32 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     _scaling(ex)
     ex.add_argument("--test-batch-size", type=int, default=256)
 
+    _user_commands(command)
+
+    ix = command("index", jobs.index, "build (or reuse) the FAISS index of a training set: features or gradient "
+                                      "sketches")
+    _data(ix)
+    ix.add_argument("--out", required=True, help="index directory (index.faiss, meta.json)")
+    _index_options(ix)
+    ix.add_argument("--seed", type=int, default=0)
+    ix.add_argument("--rebuild", action="store_true", help="replace an index built otherwise")
+    ix.add_argument("--gpu", action="store_true")
+    ix.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+
+    rc = command("recall", jobs.recall, "recall of the truly most harmful and helpful training points among "
+                                        "feature-kNN and gradient-sketch candidates (FastIF Fig. 3a), digits MLP: "
+                                        "table and PNG")
+    rc.add_argument("--test-points", type=int, default=50)
+    rc.add_argument("--top", type=int, default=10, help="the true top-m harmful to look for")
+    rc.add_argument("--ks", default="10,25,50,100,200,300,500,750,1000", help="comma-separated k values")
+    _index_options(rc, sources=True)
+    _solver(rc, default="exact")
+    rc.add_argument("--out", default="rayif-out")
+    return root, cmds
+
+
+def _user_commands(command) -> None:
+    """The commands of rayif.cli.users: self-influence, validate, show."""
     si = command("self-influence", users.self_influence, "self-influence of every training example (or a sample) "
                                                          "into parquet: large values flag likely mislabels")
     _data(si)
@@ -118,34 +169,29 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     sh.add_argument("--show-columns", default="y", help="comma-separated training columns printed with --train")
     sh.add_argument("--id-column", default="id")
 
-    ix = command("index", jobs.index, "build (or reuse) the FAISS index of a training set: features or gradient "
-                                      "sketches")
-    _data(ix)
-    ix.add_argument("--out", required=True, help="index directory (index.faiss, meta.json)")
-    ix.add_argument("--source", choices=["features", "sketch"], default="features")
-    ix.add_argument("--kind", choices=KINDS, default="flat")
-    ix.add_argument("--sketch-dim", type=int, default=256)
-    ix.add_argument("--seed", type=int, default=0)
-    ix.add_argument("--rebuild", action="store_true", help="replace an index built otherwise")
-    ix.add_argument("--gpu", action="store_true")
-    ix.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)")
-
-    rc = command("recall", jobs.recall, "recall of the truly most harmful and helpful training points among "
-                                        "feature-kNN and gradient-sketch candidates (FastIF Fig. 3a), digits MLP: "
-                                        "table and PNG")
-    rc.add_argument("--test-points", type=int, default=50)
-    rc.add_argument("--top", type=int, default=10, help="the true top-m harmful to look for")
-    rc.add_argument("--ks", default="10,25,50,100,200,300,500,750,1000", help="comma-separated k values")
-    rc.add_argument("--kind", choices=KINDS, default="flat")
-    rc.add_argument("--sources", default="features,sketch", help="comma-separated: features, sketch")
-    rc.add_argument("--sketch-dim", type=int, default=256)
-    _solver(rc, default="exact")
-    rc.add_argument("--out", default="rayif-out")
-    return root, cmds
-
 
 def _command_of(argv: list[str], cmds: dict[str, argparse.ArgumentParser]) -> str | None:
     return next((a for a in argv if a in cmds), None)
+
+
+class RayNotices(logging.Filter):
+    """Drops Ray's notices that say nothing to a rayif user and read as a failure on a run that worked. Exact
+    messages only: Ray's real errors (a missing or invalid token, a lost node) still show."""
+
+    NOTICES = ("Token authentication is enabled for this Ray cluster.",)  # the local Ray the CLI starts has it on
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(n) for n in self.NOTICES)
+
+
+def quiet_ray() -> None:
+    """Install :class:`RayNotices` on the handlers of Ray's logger (it does not propagate to the root)."""
+    import ray  # noqa: F401 - its import sets up the "ray" logger's handler
+
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, RayNotices) for f in handler.filters):
+            handler.addFilter(RayNotices())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = root.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_ray()
     try:
         return args.run(args)
     except RayifError as e:  # a user mistake: one line, exit 2 (as argparse does); -v shows the traceback

@@ -92,6 +92,9 @@ def apply(path: str, command: str, sub: argparse.ArgumentParser, all_commands: d
                 if key not in known:  # a top-level key may belong to another command
                     raise RayifError(f"--config {path}: {raw} is not an option of any rayif command")
                 continue
+            if getattr(mine[key], "new", None):  # a renamed flag (cli._Renamed)
+                print(f"rayif: warning: --config {path}: {raw} is deprecated and goes in 0.9: use "
+                      f"{mine[key].new.lstrip('-')}", file=sys.stderr)
             values[mine[key].dest] = _check(path, where, raw, value, mine[key])
     for action in sub._actions:
         if action.dest in values:

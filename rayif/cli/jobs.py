@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..results import metadata
+
 _CANDIDATES = {"features": "feature kNN", "sketch": "gradient-sketch candidates"}
 
 
@@ -51,10 +53,10 @@ def demo(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     table = explain(task, (split.x_train, split.y_train), {"x": split.x_test[picks], "y": split.y_test[picks],
                                                             "id": picks}, top=args.top, solver=solver, seed=args.seed,
-                    scaling=scaling, address=args.address)
+                    scaling_config=scaling, address=args.address)
     took = time.perf_counter() - t1
     if args.workers > 0:
-        workers = json.loads(table.schema.metadata[b"rayif.workers"])
+        workers = metadata(table)["workers"]
         for i, w in enumerate(workers):
             print(f"worker {i} ran on node {w['node_id']} ({w['device']})")
     rows = table.to_pylist()
@@ -67,7 +69,7 @@ def demo(args: argparse.Namespace) -> int:
             print(f"  most {kind}: {items}")
     out = write_parquet(table, Path(args.out) / "demo.parquet")
     where = f"{args.workers} Ray workers" if args.workers > 0 else "this process"
-    choice = json.loads(table.schema.metadata[b"rayif.solver_choice"])
+    choice = metadata(table)["solver_choice"]
     solver_said = choice["chosen"] + (f" chosen by {args.solver}" if args.solver == "auto" else "")
     print(f"\ninfluence ({solver_said}, {where}) took {took:.1f}s; {table.num_rows} rows written to {out}")
     print("positive influence = harmful: removing that example would lower this test point's loss")
@@ -78,23 +80,24 @@ def recall(args: argparse.Namespace) -> int:
     import torch
 
     from .. import RayifError, digits, write_parquet
-    from ..index import IndexConfig, build_index, candidate_recall, plot_recall
+    from ..index import IndexConfig, build_index
+    from ..recall import candidate_recall, plot_recall
 
     split = digits.load_digits_split(n_train=1000, n_test=200, seed=args.seed)
     task, _ = digits.digits_task("mlp", split, weight_decay=1e-3, seed=args.seed, dtype=torch.float64)
     out, train = Path(args.out), (split.x_train, split.y_train)
     indexes = {}
-    for source in args.sources.split(","):
-        config = IndexConfig(kind=args.kind, source=source, sketch_dim=args.sketch_dim, seed=args.seed)
+    for source in args.candidates.split(","):
+        config = IndexConfig(kind=args.index_kind, source=source, sketch_dim=args.sketch_dim, seed=args.seed)
         name = "feature kNN" if source == "features" else f"gradient sketch (d={args.sketch_dim})"
-        indexes[name] = build_index(task, train, config, path=out / f"digits-mlp-{source}-{args.kind}-index",
+        indexes[name] = build_index(task, train, config, path=out / f"digits-mlp-{source}-{args.index_kind}-index",
                                     num_rows=len(split.x_train))
     ks = sorted({min(int(k), len(split.x_train)) for k in args.ks.split(",")})
     test = (split.x_test[: args.test_points], split.y_test[: args.test_points])
     t0 = time.perf_counter()
     table = candidate_recall(task, train, test, indexes, ks, top=args.top, solver=solver_of(args), seed=args.seed)
     print(f"recall of the true top-{args.top} harmful and helpful (influence over all {len(split.x_train)} training "
-          f"digits, {args.solver}) among each index's k candidates ({args.kind} index), {args.test_points} test "
+          f"digits, {args.solver}) among each index's k candidates ({args.index_kind} index), {args.test_points} test "
           f"points, {time.perf_counter() - t0:.1f}s:")
     print(f"{'index':<28} {'k':>6} {'k/n':>6} {'harmful':>8} {'(min)':>6} {'helpful':>8} {'(min)':>6}")
     for r in table.to_pylist():
@@ -117,7 +120,7 @@ def index(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     n = len(read_examples(args.train, name="training data", **columns_of(args, task)))
-    config = IndexConfig(kind=args.kind, source=args.source, sketch_dim=args.sketch_dim, use_gpu=args.gpu,
+    config = IndexConfig(kind=args.index_kind, source=args.candidates, sketch_dim=args.sketch_dim, use_gpu=args.gpu,
                          seed=args.seed)
     t0 = time.perf_counter()
     idx = build_index(task, args.train, config, path=args.out, rebuild=args.rebuild, input_column=args.input_column,
@@ -125,7 +128,7 @@ def index(args: argparse.Namespace) -> int:
     extra = ""
     if idx.source == "sketch" and idx.meta["sketch"]["energy_kept"] is not None:
         extra = f"; the basis keeps {idx.meta['sketch']['energy_kept']:.4f} of the sampled gradient energy"
-    print(f"{args.source} index ({args.kind}) of {len(idx)} x {idx.dim} in {args.out} "
+    print(f"{args.candidates} index ({args.index_kind}) of {len(idx)} x {idx.dim} in {args.out} "
           f"({time.perf_counter() - t0:.1f}s{extra})")
     return 0
 
@@ -188,7 +191,7 @@ def explain(args: argparse.Namespace) -> int:
     run = RunConfig(output_dir=str(out / "batches"), test_batch_size=args.test_batch_size)
     t0 = time.perf_counter()
     table = explain(task, train, test, top=args.top, solver=solver, seed=args.seed, group=args.group,
-                    scaling=scaling, run_config=run, address=args.address, index=index, k=args.k)
+                    scaling_config=scaling, run_config=run, address=args.address, index=index, k=args.k)
     path = write_parquet(table, out / "influence.parquet")
     print(f"{len(test)} test points x top {args.top} harmful and helpful of {len(train)} training examples"
           f"{f' ({_CANDIDATES[args.candidates]}, k={args.k})' if args.k else ''} in {time.perf_counter() - t0:.1f}s "

@@ -27,7 +27,7 @@ def self_influence(args: argparse.Namespace) -> int:
         ids = np.sort(np.random.default_rng(args.seed).choice(train.ids, size=args.sample, replace=False))
     t0 = time.perf_counter()
     table = compute(task, train, solver=solver_of(args), seed=args.seed, train_ids=ids,
-                    scaling=ScalingConfig(num_workers=args.workers, use_gpu=args.gpu),
+                    scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.gpu),
                     run_config=RunConfig(chunk_size=args.chunk_size), address=args.address)
     path = write_parquet(table, Path(args.out) / "self_influence.parquet")
     print(f"self-influence of {table.num_rows} of {len(train)} training examples in {time.perf_counter() - t0:.1f}s "
@@ -77,7 +77,7 @@ def validate(args: argparse.Namespace) -> int:
     scaling = ScalingConfig(num_workers=args.workers, use_gpu=args.gpu)
     t0 = time.perf_counter()
     report = run_validation(task, train, test, solver=solver_of(args), index=index, k=args.k, retrain=retrain,
-                            config=cfg, scaling=scaling, address=args.address)
+                            config=cfg, scaling_config=scaling, address=args.address)
     report["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def validate(args: argparse.Namespace) -> int:
         if "recall" in report:
             import pyarrow as pa
 
-            from ..index import plot_recall
+            from ..recall import plot_recall
 
             print(f"wrote {plot_recall(pa.Table.from_pylist(report['recall']), out / 'recall.png')}")
     except RayifError as e:  # the report is the result; the pictures are optional

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -27,6 +30,32 @@ from . import Busy, Call
 log = logging.getLogger("rayif")
 
 _UNAVAILABLE_WAIT_S, _UNAVAILABLE_LIMIT_S = 0.5, 600.0
+
+
+# Ray's core worker prints this (an E-level line) for every actor created with object-store arguments and
+# max_restarts > 0 (ray-project/ray#53727): a restart would fail if those objects were gone. The executor holds
+# them (self._refs) for its lifetime, so for rayif the line only reads as a failure on a run that worked.
+_RESTART_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
+
+
+@contextmanager
+def _stderr_without(notice: bytes) -> Iterator[None]:
+    """Drop the lines of this process's stderr (file descriptor 2, where Ray's C++ core worker writes) that
+    contain ``notice`` while the context is open; every other line is written out when it closes."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().splitlines(keepends=True):
+                if notice not in line:
+                    os.write(2, line)
 
 
 def _shared(data: Examples | None) -> Examples | None:
@@ -108,14 +137,15 @@ class RayExecutor:
         remote = ray.remote(_Worker)
         extra = dict(bundle)
         num_gpus, num_cpus = extra.pop("GPU", 0.0), extra.pop("CPU", 0.0)
-        self.actors = [
-            remote.options(
-                num_cpus=num_cpus, num_gpus=num_gpus, resources=extra or None,
-                max_restarts=run.max_failures, max_task_retries=0,  # map() reruns a dead worker's units itself
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
-            ).remote(*self._refs, scaling.use_gpu, run.grad_cache_mb)
-            for i in range(scaling.num_workers)
-        ]
+        with _stderr_without(_RESTART_NOTICE):
+            self.actors = [
+                remote.options(
+                    num_cpus=num_cpus, num_gpus=num_gpus, resources=extra or None,
+                    max_restarts=run.max_failures, max_task_retries=0,  # map() reruns a dead worker's units itself
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
+                ).remote(*self._refs, scaling.use_gpu, run.grad_cache_mb)
+                for i in range(scaling.num_workers)
+            ]
         try:
             self.infos = self.map([Call("info", (), worker=i) for i in range(self.num_workers)], _raw=True)
         except BaseException:

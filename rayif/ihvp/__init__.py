@@ -1,6 +1,8 @@
 """Inverse curvature-vector products ``(C + lambda I)^-1 V`` for many right-hand sides at once.
 
-Every solver takes ``V [m, p]`` and returns ``[m, p]``; :func:`make_solver` picks one from its config.
+Every solver takes ``V [m, p]`` and returns ``[m, p]``; :func:`make_solver` binds one to a replica. The runner
+drives every solve (``rayif.runner``): it resolves ``AutoConfig``, fits the Kronecker factors once per job and
+averages LiSSA's repetitions (:func:`mean_of_repetitions`), one unit each.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ from typing import Protocol
 
 from torch import Tensor
 
-from ..config import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, SolverConfig
+from ..config import CGConfig, EKFACConfig, ExactConfig, SolverConfig
 from ..data import Examples
 from ..grads import Objective
 from .cg import CGSolver
 from .exact import ExactSolver
-from .kfac import KroneckerFactors, fit_factors, preconditioner
-from .lissa import LissaSolver, estimate_scale, lissa_repetition
+from .kfac import KroneckerFactors, preconditioner
+from .lissa import estimate_scale, lissa_repetition, mean_of_repetitions
 from .stats import SolveStats
 
 
@@ -37,27 +39,22 @@ class EKFACSolver:
         return self.factors.inverse(vectors, self.config.damping)
 
 
-def make_solver(
-    objective: Objective, train: Examples, config: SolverConfig, *, seed: int = 0, chunk_size: int = 256,
-    factors: KroneckerFactors | None = None, scale: float | None = None,
-) -> InverseHVP:
-    """The solver ``config`` describes, bound to a model replica and its training set. A config that needs
-    Kronecker factors and gets none fits them here, in this process."""
-    if isinstance(config, AutoConfig):
-        config, _ = config.choose(len(train), objective.num_params)
+def make_solver(objective: Objective, train: Examples, config: SolverConfig, *, chunk_size: int = 256,
+                factors: KroneckerFactors | None = None) -> InverseHVP:
+    """The exact, CG or EK-FAC solver ``config`` describes, bound to a model replica and its training set.
+    ``factors``: the job's Kronecker factors, which the runner fits when ``config.preconditioner`` asks for them.
+    LiSSA runs one repetition per unit (:func:`lissa_repetition`), and ``AutoConfig`` is resolved by the runner
+    before any unit."""
     if isinstance(config, ExactConfig):
         return ExactSolver(objective, train, config, chunk_size=chunk_size)
-    kind = config.preconditioner
-    if kind is not None and factors is None:
-        factors = fit_factors(objective, train, kind, chunk_size)
-    precondition = preconditioner(factors, config)
+    if getattr(config, "preconditioner", None) is not None and factors is None:
+        raise TypeError(f"{type(config).__name__}(preconditioner={config.preconditioner!r}) needs the job's "
+                        "factors: the runner fits them (rayif.api.fit_factors in one process)")
     if isinstance(config, EKFACConfig):
         return EKFACSolver(factors, config)
     if isinstance(config, CGConfig):
-        return CGSolver(objective, train, config, chunk_size=chunk_size, precondition=precondition)
-    if isinstance(config, LissaConfig):
-        return LissaSolver(objective, train, config, seed=seed, scale=scale, precondition=precondition)
-    raise TypeError(f"not a solver config: {config!r}")
+        return CGSolver(objective, train, config, chunk_size=chunk_size, precondition=preconditioner(factors, config))
+    raise TypeError(f"make_solver binds exact, CG or EK-FAC, not {config!r}")
 
 
 __all__ = [
@@ -66,10 +63,9 @@ __all__ = [
     "ExactSolver",
     "InverseHVP",
     "KroneckerFactors",
-    "LissaSolver",
     "SolveStats",
     "estimate_scale",
-    "fit_factors",
     "lissa_repetition",
     "make_solver",
+    "mean_of_repetitions",
 ]

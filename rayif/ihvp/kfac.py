@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..data import Examples
 from ..errors import RayifError
-from ..functional import differentiable_kernels
+from ..functional import differentiable_kernels, layer_calls
 from ..grads import Objective, require_finite
 
 _MAX_OUTPUTS = 1024  # output values per example whose loss Hessian is factored (C x C each)
@@ -80,19 +80,10 @@ def _pseudo_gradients(objective: Objective, examples: Examples, blocks: list[Blo
     ex = examples.to(objective.device)
     objective.output_spec(ex.batch)  # before the hooks: its own forward must not be captured
     modules = dict(objective.model.named_modules())
-    captured: dict[str, list[tuple[Tensor, Tensor]]] = {blk.module: [] for blk in blocks}
-
-    def hook(name):
-        return lambda _m, args, out: captured[name].append((args[0], out))
-
-    handles = [modules[blk.module].register_forward_hook(hook(blk.module)) for blk in blocks]
     theta = objective.theta.detach().requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            out = objective.outputs(theta, ex.batch)
-    finally:
-        for h in handles:
-            h.remove()
+    with layer_calls([modules[blk.module] for blk in blocks]) as calls, torch.enable_grad():
+        out = objective.outputs(theta, ex.batch)
+    captured = {blk.module: c for blk, c in zip(blocks, calls, strict=True)}
     b = out.shape[0]
     flat = out.reshape(b, -1)
     if flat.shape[1] > _MAX_OUTPUTS:
@@ -339,15 +330,3 @@ def shape_of(objective: Objective) -> tuple[list[Block], Tensor, float]:
     """What the factors' layout needs from the replica: blocks, diagonal indices, weight decay."""
     blocks, diag = layout(objective)
     return blocks, diag, float(objective.task.weight_decay)
-
-
-def fit_factors(objective: Objective, train: Examples, kind: str = "ekfac", chunk_size: int = 256,
-                identity: dict | None = None) -> KroneckerFactors:
-    """Fit in this process (the runner shards the same passes over its workers)."""
-    chunks = list(train.chunks(chunk_size))
-    sums = add_sums([covariance_sums(objective, c) for c in chunks])
-    eigen = None
-    if kind == "ekfac":
-        qa, qs, _ = eigenbases(sums)
-        eigen = add_sums([eigen_sums(objective, c, qa, qs) for c in chunks])
-    return assemble(kind, shape_of(objective), sums, eigen, identity or {})

@@ -229,22 +229,10 @@ def _check_divergence(history: list[Tensor], step: int, repetition: int, scale: 
         )
 
 
-class LissaSolver:
-    """The mean of ``config.repetitions`` seeded repetitions of :func:`lissa_repetition`."""
-
-    def __init__(self, objective: Objective, train: Examples, config: LissaConfig, *, seed: int = 0,
-                 scale: float | None = None, precondition: Precondition | None = None):
-        self.objective, self.train, self.config, self.seed = objective, train, config, seed
-        self.precondition = precondition
-        self.scale = scale or config.scale or estimate_scale(objective, train, config, seed, precondition)
-        self.stats = SolveStats()
-
-    def solve(self, vectors: Tensor) -> Tensor:
-        total = torch.zeros_like(vectors)
-        self.stats = SolveStats()
-        for t in range(self.config.repetitions):
-            x, st = lissa_repetition(self.objective, self.train, vectors, self.config, scale=self.scale,
-                                     seed=self.seed, repetition=t, precondition=self.precondition)
-            total += x.to(vectors.device)
-            self.stats = self.stats + st
-        return total / self.config.repetitions
+def mean_of_repetitions(estimates: list) -> Tensor:
+    """The LiSSA answer: the mean of its repetitions' estimates, summed in repetition order whatever ran them,
+    so 1 and N workers give the same bits. ``estimates``: tensors or numpy arrays of one shape."""
+    total = estimates[0] * 1  # a copy, never the caller's array
+    for x in estimates[1:]:
+        total += x
+    return total / len(estimates)

@@ -128,11 +128,28 @@ class FeatureIndex:
             obj = Objective(task)
             self.check_task(task, obj.model)
             self._sketch = GradientSketch(obj, self.meta["sketch"]["width"], self.meta["sketch"]["seed"], self.basis)
-        q = self._sketch.query(s_test)
+        return self.sketch_halves(self._sketch.query(s_test), k)
+
+    def sketch_halves(self, q: np.ndarray, k: int) -> np.ndarray:
+        """``[m, k]`` training ids for sketched queries ``q [m, d]``: the ``ceil(k/2)`` of largest ``-q . v``
+        (the harmful side), then the ``floor(k/2)`` of largest ``q . v`` (the helpful side)."""
         harmful = self.search(-q, k - k // 2)[0]
         if k // 2 == 0:
             return harmful
         return np.concatenate([harmful, self.search(q, k // 2)[0]], axis=1)
+
+    @classmethod
+    def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray, config: IndexConfig | None = None) -> FeatureIndex:
+        """An index of vectors already in memory, ``vectors [n, d]`` with their training ``ids [n]``: what
+        :func:`build_index` makes of its pipeline's batches, for vectors computed otherwise (a sweep of sketch
+        settings in one process). It knows no model, so it searches but checks no task and is not saved."""
+        config = config or IndexConfig()
+        builder = _Builder(config, len(ids))
+        builder.add(np.asarray(ids, dtype=np.int64), vectors)
+        index = builder.finish()
+        return cls(index, {"format": FORMAT, "source": config.source, "kind": config.kind, "metric": config.metric,
+                           "dim": builder.dim, "rows": int(index.ntotal), "nlist": builder.nlist,
+                           "nprobe": builder.nprobe, "config": asdict(config)})
 
     def features_of(self, task: Task, ex: Examples, chunk_size: int = 4096) -> np.ndarray:
         model = task.build_model()

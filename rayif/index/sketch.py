@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..data import Examples, map_batch
 from ..errors import RayifError
-from ..functional import differentiable_kernels
+from ..functional import differentiable_kernels, layer_calls
 from ..grads import Objective, require_finite
 from ..task import batch_len
 
@@ -232,25 +232,15 @@ def _linear_factors(obj: Objective, blocks: list[_Block], batch):
     """``(block, delta [b, T, out], a [b, T, in1])`` per call of each block's Linear while the training loss
     runs: the layer input (a column of ones appended when the bias is selected) and the gradient of the summed
     loss in its output, which for independent examples is each example's own output gradient."""
-    modules = [blk.module for blk in blocks]
-    calls: dict[int, list[tuple[Tensor, Tensor]]] = {id(m): [] for m in modules}
-
-    def hook(mod, args, out):
-        calls[id(mod)].append((args[0].detach(), out))
-    handles = [m.register_forward_hook(hook) for m in modules]
-    try:
-        with torch.enable_grad(), differentiable_kernels():
-            losses = obj.task.train_losses(obj.model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    with layer_calls([blk.module for blk in blocks]) as calls, torch.enable_grad(), differentiable_kernels():
+        losses = obj.task.train_losses(obj.model, batch)
     b = batch_len(batch)
-    outs = [o for m in modules for _, o in calls[id(m)]]
+    outs = [o for mine in calls for _, o in mine]
     if not outs:
         raise RayifError("the loss called no nn.Linear whose weight is selected")
     deltas = iter(torch.autograd.grad(losses.sum(), outs, allow_unused=True))
-    for blk in blocks:
-        for a, out in calls[id(blk.module)]:
+    for blk, mine in zip(blocks, calls, strict=True):
+        for a, out in mine:
             delta = next(deltas)
             if delta is None:
                 continue

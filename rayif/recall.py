@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..api import compute_s_test, influence_matrix, task_examples
-from ..config import SolverConfig
-from ..errors import RayifError
-from ..plotting import pyplot, save
-from ..task import Task
-from .faiss_index import FeatureIndex
+from .api import compute_s_test, influence_matrix, task_examples
+from .config import SolverConfig
+from .errors import RayifError
+from .index.faiss_index import FeatureIndex
+from .plotting import pyplot, save
+from .task import Task
 
 
 def true_top(values: np.ndarray, ids: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
