@@ -33,7 +33,7 @@ import scipy.stats as st
 import torch
 
 from rayif import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig
-from rayif.api import _test_job
+from rayif.api import test_job
 from rayif.data import as_examples
 from rayif.digits import digits_task, load_digits_split
 from rayif.executors import make_executor
@@ -50,7 +50,7 @@ TEST_POINTS = 50
 def solve(task, train, test, solver) -> tuple[torch.Tensor, float, dict]:
     """``s_test`` as ``compute_s_test`` computes it, its wall time, and the runner's solver stats."""
     t0 = time.perf_counter()
-    job = _test_job(task, train, test, solver, 0, False, RunConfig())
+    job = test_job(task, train, test, solver, 0, False, RunConfig())
     with make_executor(task, job.train, job.test, None, job.run) as ex:
         runner = Runner(job, ex)
         s = runner.s_test_all()

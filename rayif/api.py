@@ -50,8 +50,10 @@ def solver_config(solver: Any) -> SolverConfig:
     return solver
 
 
-def _test_job(task: Task, train: Any, test: Any, solver: SolverConfig | None, seed: int, group: bool,
-              run_config: RunConfig | None) -> Job:
+def test_job(task: Task, train: Any, test: Any, solver: SolverConfig | None, seed: int, group: bool,
+             run_config: RunConfig | None) -> Job:
+    """The :class:`~rayif.runner.Job` of ``compute_s_test`` and ``influence_matrix``: to drive a runner yourself
+    (``benchmarks/solvers.py`` reads its solver stats)."""
     return Job(task_examples(task, train, "training data"), task_examples(task, test, "test data"),
                solver_config(solver), seed, group, run=run_config or RunConfig())
 
@@ -191,7 +193,7 @@ def compute_s_test(
     address: str | None = None,
 ) -> torch.Tensor:
     """``s_test = (H + lambda I)^-1 grad L(z_test)`` for every test point: ``[m, p]`` (``[1, p]`` if ``group``)."""
-    job = _test_job(task, train, test, solver, seed, group, run_config)
+    job = test_job(task, train, test, solver, seed, group, run_config)
     return _run(task, job, scaling_config, address, "s_test_all")
 
 
@@ -212,7 +214,7 @@ def influence_matrix(
 
     Holds the whole matrix: for large training sets use :func:`explain`, which keeps only the top.
     """
-    job = _test_job(task, train, test, solver, seed, group, run_config)
+    job = test_job(task, train, test, solver, seed, group, run_config)
     return _run(task, job, scaling_config, address, "matrix")
 
 

@@ -107,7 +107,9 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, weight_decay: float, *
     return model
 
 
-def _factory(kind: str, hidden: int, state: dict[str, torch.Tensor]) -> Callable[[], nn.Module]:
+def model_factory(kind: str, hidden: int, state: dict[str, torch.Tensor]) -> Callable[[], nn.Module]:
+    """A ``Task.model_factory``: a ``make_model(kind, hidden)`` with the weights ``state``."""
+
     def build() -> nn.Module:
         model = make_model(kind, hidden, dtype=next(iter(state.values())).dtype)
         model.load_state_dict(state)
@@ -125,7 +127,7 @@ def digits_task(kind: str = "mlp", split: DigitsSplit | None = None, *, weight_d
     model = train(make_model(kind, hidden, seed, dtype), split.x_train, split.y_train, weight_decay,
                   max_iter=max_iter)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Task(model_factory=_factory(kind, hidden, state), loss=cross_entropy, weight_decay=weight_decay), split
+    return Task(model_factory=model_factory(kind, hidden, state), loss=cross_entropy, weight_decay=weight_decay), split
 
 
 def example_task() -> Task:
@@ -146,7 +148,8 @@ def retrainer(task: Task, split: DigitsSplit, kind: str, *, hidden: int = 32,
         model = task.build_model()
         train(model, split.x_train[keep], split.y_train[keep], task.weight_decay, max_iter=max_iter)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return Task(model_factory=_factory(kind, hidden, state), loss=cross_entropy, weight_decay=task.weight_decay)
+        return Task(model_factory=model_factory(kind, hidden, state), loss=cross_entropy,
+                    weight_decay=task.weight_decay)
 
     return retrain
 

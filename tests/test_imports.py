@@ -134,3 +134,13 @@ def test_no_module_reads_another_modules_private_names():
                     and node.attr.startswith("_") and not node.attr.startswith("__")):
                 found.append(f"{module}:{node.lineno} reads {node.value.id}.{node.attr}")
     assert not found, found
+
+
+def test_benchmarks_and_examples_use_only_public_names():
+    found = []
+    for root in ("benchmarks", "examples"):
+        for path in sorted((PACKAGE.parent / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rayif"):
+                    found += [f"{path.name}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("_")]
+    assert not found, found

@@ -170,14 +170,14 @@ def test_resume_computes_only_missing_batches_and_refuses_a_changed_model(ray_lo
     assert _job(again)["worker_busy"][0].get("s_test", 0) + _job(again)["worker_busy"][1].get("s_test", 0) > 0
     _same(again, first)
     # the same job in this process resumes the same folder: nothing left to compute
-    local = rayif.explain(task, train, test, **{**kw, "scaling": None})
+    local = rayif.explain(task, train, test, **{**kw, "scaling_config": None})
     _same(local, first)
     assert "s_test" not in _job(local)["seconds"]
     with pytest.raises(rayif.RayifError, match=r"different job \(differs in \['seed'\]"):
         rayif.explain(task, train, test, **{**kw, "seed": 2})
     retrained = rayif.digits.train(task.build_model(), train[0][:900], train[1][:900], task.weight_decay)
     state = {k: v.detach().clone() for k, v in retrained.state_dict().items()}
-    changed = dataclasses.replace(task, model_factory=rayif.digits._factory("logistic", 32, state))
+    changed = dataclasses.replace(task, model_factory=rayif.digits.model_factory("logistic", 32, state))
     with pytest.raises(rayif.RayifError, match=r"differs in \['model_fingerprint'\]"):
         rayif.explain(changed, train, test, **kw)
     with pytest.raises(rayif.RayifError, match=r"differs in \['test_ids_sha256'\]"):
