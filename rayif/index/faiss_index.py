@@ -22,6 +22,7 @@ from ..progress import Progress
 from ..scaling import ensure_ray
 from ..task import Task, model_fingerprint
 from .config import IndexConfig
+from .faiss_gpu import faiss_where, to_gpu
 from .features import feature_batches, parquet_files, parquet_paths
 from .sketch_setup import sketch_stage
 
@@ -175,7 +176,7 @@ class FeatureIndex:
 
     def _searcher(self):
         if self._gpu is None:
-            self._gpu = _to_gpu(self.index) or self.index
+            self._gpu = to_gpu(self.index) or self.index
         return self._gpu
 
     # --- persistence ------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def build_index(task: Task, train: Any, config: IndexConfig | None = None, *, pa
             "first_batch_seconds": round(first[0], 3), "first_batch_rows": first[1], **extra}
     idx = FeatureIndex(index, meta, basis)
     log.info("built a %s FAISS index of %d x %d %s in %.1fs (%s)", config.kind, len(idx), builder.dim,
-             config.source, meta["build_seconds"], _faiss_where())
+             config.source, meta["build_seconds"], faiss_where())
     if path is not None:
         idx.save(path)
     return idx
@@ -379,31 +380,3 @@ class _Builder:
         if self.index.ntotal != len(ids):
             raise RayifError(f"{len(ids)} rows streamed but the index holds {self.index.ntotal}")
         return self.index
-
-
-def _faiss_gpus() -> int:
-    import faiss
-
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-
-
-def _faiss_where() -> str:
-    n = _faiss_gpus()
-    return f"FAISS searches on {n} GPU(s)" if n else "FAISS on CPU (no GPU visible to FAISS)"
-
-
-def _to_gpu(index):
-    """A GPU copy of ``index`` when FAISS sees GPUs, else ``None``; logs which."""
-    import faiss
-
-    n = _faiss_gpus()
-    if n == 0:
-        log.info("FAISS on CPU: no GPU visible to FAISS (faiss-cpu, or no CUDA device)")
-        return None
-    try:
-        gpu = faiss.index_cpu_to_all_gpus(index)
-    except Exception as e:  # an index type without a GPU implementation (e.g. some PQ sizes)
-        log.warning("FAISS index stays on CPU: copying it to GPU failed: %s", e)
-        return None
-    log.info("FAISS on %d GPU(s)", n)
-    return gpu
