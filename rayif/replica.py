@@ -122,11 +122,11 @@ class Replica:
             return lissa_repetition(self.objective, self.train, v, solver, scale=scale, seed=seed,
                                     repetition=repetition, precondition=kfac.preconditioner(factors, solver),
                                     progress=self.progress)
-        s = self._solver(solver, seed, chunk_size, factors)
+        s = self._solver(solver, chunk_size, factors)
         return s.solve(v), s.stats
 
-    def _solver(self, solver: SolverConfig, seed: int, chunk_size: int, factors: KroneckerFactors | None):
-        key = (repr(solver), seed, chunk_size)  # exact builds its matrix once per replica
+    def _solver(self, solver: SolverConfig, chunk_size: int, factors: KroneckerFactors | None):
+        key = (repr(solver), chunk_size)  # exact builds its matrix once per replica, whatever the seed
         if key not in self._solvers:
             self._solvers[key] = make_solver(self.objective, self.train, solver, chunk_size=chunk_size,
                                              factors=factors)
