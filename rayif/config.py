@@ -65,7 +65,9 @@ class ExactConfig:
 
 @dataclass(frozen=True)
 class CGConfig:
-    """(Preconditioned) conjugate gradients on ``(C + damping*I) X = V`` with full-training-set products.
+    """Block (preconditioned) conjugate gradients on ``(C + damping*I) X = V`` with full-training-set
+    products: the test vectors of a batch share one Krylov space (``rayif.ihvp.cg``), and in a job every
+    worker computes part of each product (row shards, summed on the driver in a fixed order).
 
     Attributes:
         damping: additive lambda >= 0, as :class:`ExactConfig`.
@@ -74,6 +76,10 @@ class CGConfig:
             training data), ``"kfac"`` or ``None`` (plain CG).
         tol: stop a column when ``||residual|| <= tol * ||v||`` (relative, unitless).
         max_iter: iterations before giving up with an error (each is one pass over the training set).
+        mixed_precision: for a float64 model, run the curvature products in float32 (about twice as fast on
+            a CPU) and keep the iterates and residuals in float64; each solve then checks its residual with
+            one float64 product pass and solves again for what is left until it is below ``tol``
+            (iterative refinement), so the answer is the float64 one. No effect on a float32 model.
     """
 
     damping: float = DEFAULT_DAMPING
@@ -81,6 +87,7 @@ class CGConfig:
     preconditioner: str | None = "ekfac"
     tol: float = 1e-3
     max_iter: int = 500
+    mixed_precision: bool = True
 
     def __post_init__(self) -> None:
         _check_common("CGConfig", self.damping, self.curvature)
@@ -313,9 +320,12 @@ class RunConfig:
             gradients over the candidates.
         chunk_size: training examples per block of per-example gradients (memory: ``chunk_size * p``
             floats per worker at a time).
-        solve_block: test vectors per exact / CG work unit: a test batch splits into blocks of this many
-            so every worker has work. Fixed, not derived from the worker count, so 1 and N workers compute
-            the same blocks and give bit-identical results.
+        solve_block: test vectors per work unit that computes test gradients (and per LiSSA-free solve of
+            ``self_influence``): a test batch splits into blocks of this many so every worker has work.
+            Fixed, not derived from the worker count, so 1 and N workers give bit-identical results.
+        product_shards: row shards of each full-data curvature product of a CG or exact solve: every worker
+            computes some, the driver sums them in order (``rayif.sharded``). One solve uses up to this
+            many workers; fixed, so 1 and N workers give the same bits (changing it changes the rounding).
         batches_in_flight: test batches whose units are scheduled together. ``None``: enough to give every
             worker a unit (``ceil(workers / units per batch)``), bounded so their ``s_test`` vectors stay
             under ``inflight_mb``.
@@ -335,6 +345,7 @@ class RunConfig:
     test_batch_size: int = 256
     chunk_size: int = 256
     solve_block: int = 64
+    product_shards: int = 16
     batches_in_flight: int | None = None
     inflight_mb: float = 1024.0
     grad_cache_mb: float = 512.0
@@ -346,7 +357,7 @@ class RunConfig:
         for name in ("output_dir", "factors_path"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
-        for name in ("test_batch_size", "chunk_size", "solve_block"):
+        for name in ("test_batch_size", "chunk_size", "solve_block", "product_shards"):
             _check(getattr(self, name) >= 1, f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
         _check(self.batches_in_flight is None or self.batches_in_flight >= 1,
                f"RunConfig.batches_in_flight must be >= 1 or None, got {self.batches_in_flight}")

@@ -47,6 +47,7 @@ class Objective:
         self.fixed.update(dict(self.model.named_buffers()))
         self.per_example = PerExampleGrads(self.model, self.names, self.fixed)
         self.product_paths: dict[str, str] = {}  # curvature -> the path its products take (rayif.curvature)
+        self.cast_inputs = False  # a lower-precision copy (in_dtype) casts floating inputs to its dtype
         self._spec: OutputSpec | None = None
         self._penalty_grad: Tensor | None = None
 
@@ -54,6 +55,15 @@ class Objective:
     def num_params(self) -> int:
         """``p``, the number of selected parameters."""
         return self.theta.numel()
+
+    def in_dtype(self, dtype: torch.dtype) -> Objective:
+        """A copy of this replica whose parameters, buffers and floating inputs are in ``dtype``, for
+        curvature products in lower precision (``CGConfig.mixed_precision``)."""
+        import copy
+
+        low = Objective(self.task, self.device, copy.deepcopy(self.model).to(dtype))
+        low.cast_inputs = True
+        return low
 
     def fingerprint(self) -> str:
         """sha256 of the replica's weights (see :func:`rayif.task.model_fingerprint`)."""
@@ -236,7 +246,10 @@ class Objective:
         n = len(train)
         for chunk in train.chunks(chunk_size):
             c = chunk.to(self.device)
-            hv = self.product(vectors, c.batch, curvature)
+            batch = c.batch
+            if self.cast_inputs:
+                batch = map_batch(lambda t: t.to(self.dtype) if t.is_floating_point() else t, batch)
+            hv = self.product(vectors, batch, curvature)
             if not bool(torch.isfinite(hv).all()):
                 self.train_grads(chunk)  # names the examples when their gradients are the cause
                 require_finite(hv, None, f"Hessian-vector product on training ids {chunk.ids[0]}..{chunk.ids[-1]}")

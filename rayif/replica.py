@@ -51,6 +51,7 @@ class Replica:
         self.objective = Objective(task, device)
         self.train, self.test = train, test
         self._solvers: dict[tuple, object] = {}
+        self._low: Objective | None = None  # the replica in float32, for mixed-precision products
         self._grads: OrderedDict[tuple[int, int], Tensor] = OrderedDict()
         self._cache_bytes = int(grad_cache_mb * 2**20)
         self._cached_bytes = 0
@@ -115,6 +116,21 @@ class Replica:
         v = self.test_vectors(rows, group)
         x, stats = self._inverse(v, solver, scale, seed, repetition, chunk_size, factors)
         return x.cpu(), stats
+
+    def product(self, vectors: Tensor, start: int, stop: int, curvature: str, chunk_size: int,
+                dtype: str | None = None) -> Tensor:
+        """Training rows ``[start, stop)``'s share of the full-data curvature times each row of ``vectors``
+        (their products weighted by ``rows / n``, summed in chunk order): the driver sums the shares of every
+        shard in shard order. ``dtype``: compute in this one (``"float32"`` for mixed precision) instead of
+        the model's; the result has the vectors' dtype."""
+        obj = self.objective
+        if dtype is not None and getattr(torch, dtype) != obj.dtype:
+            if self._low is None or self._low.dtype != getattr(torch, dtype):
+                self._low = obj.in_dtype(getattr(torch, dtype))
+            obj = self._low
+        v = vectors.to(self.device, obj.dtype)
+        hv = obj.full_hvp(v, self.train.take(slice(start, stop)), chunk_size, curvature)
+        return (hv * ((stop - start) / len(self.train))).to(vectors.dtype).cpu()
 
     def _inverse(self, v: Tensor, solver: SolverConfig, scale: float | None, seed: int, repetition: int | None,
                  chunk_size: int, factors: KroneckerFactors | None) -> tuple[Tensor, SolveStats]:

@@ -12,7 +12,6 @@ import math
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,14 +19,13 @@ import pyarrow as pa
 import torch
 
 from .auto import Choice
-from .config import AutoConfig, LissaConfig, RunConfig, SolverConfig, solver_to_dict
+from .config import AutoConfig, CGConfig, ExactConfig, LissaConfig, RunConfig, SolverConfig, solver_to_dict
 from .data import Examples, ids_digest
 from .errors import ConvergenceError, IndefiniteError, LissaDivergenceError, RayifError
 from .executors import Call, Executor
 from .grads import require_finite_vectors
-from .ihvp import KroneckerFactors, SolveStats, kfac, mean_of_repetitions
+from .ihvp import KroneckerFactors, SolveStats, mean_of_repetitions
 from .job_folder import (
-    FACTORS,
     MANIFEST_FORMAT,
     batch_path,
     finished_metadata,
@@ -39,6 +37,7 @@ from .kernels import TopInfluence, candidate_plan, candidate_positions, chunk_gr
 from .progress import Progress
 from .replica import check_ranges
 from .results import GROUP_TEST_ID, SELF_INFLUENCE_SCHEMA, ranked_table, with_metadata
+from .sharded import ShardedSolve, load_or_fit_factors, test_vectors
 
 log = logging.getLogger("rayif")
 
@@ -82,6 +81,8 @@ class Runner:
         self._settled = False  # auto's curvature check done
         self._written = 0  # batch files this run wrote: past the first, auto may no longer change curvature
         self._factors: Any = None  # an executor handle to the fitted KroneckerFactors
+        self._factor_values: KroneckerFactors | None = None  # the same, on the driver
+        self._sharded: ShardedSolve | None = None
         self._scale: float | None = None
         ranked = job.candidates is not None or job.candidate_fn is not None
         self._sorter = np.argsort(job.train.ids) if ranked else None  # ids -> positions
@@ -141,34 +142,8 @@ class Runner:
         kind = getattr(self.solver, "preconditioner", None)
         if kind is None or self._factors is not None:
             return self._factors
-        path = self.run.factors_path or (Path(self.run.output_dir) / FACTORS if self.run.output_dir else None)
-        info = self.ex.infos[0]
-        identity = {"kind": kind, "model_fingerprint": self.fingerprint, "params_sha256": info["params_sha256"],
-                    "num_train": len(self.job.train), "train_ids_sha256": ids_digest(self.job.train.ids)}
-        factors = None
-        if path is not None and Path(path).exists():
-            factors = KroneckerFactors.load(path)
-            if factors.identity != identity:
-                diff = sorted(k for k in identity if factors.identity.get(k) != identity[k])
-                raise RayifError(f"{path} holds Kronecker factors fitted for something else (differs in {diff}); "
-                                 "delete it to refit, or give another RunConfig.factors_path")
-            log.info("rayif: %s factors loaded from %s", kind, path)
-        else:
-            grid = chunk_grid(len(self.job.train), self.run.chunk_size)
-            shape, *sums = self.ex.map([Call("factor_shape")] + [Call("factor_sums", (w.start, w.stop)) for w in grid])
-            sums = kfac.add_sums(sums)
-            eigen = None
-            if kind == "ekfac":
-                qa, qs, _ = kfac.eigenbases(sums)
-                qa_ref, qs_ref = self.ex.put(qa), self.ex.put(qs)
-                eigen = kfac.add_sums(self.ex.map([Call("eigen_sums", (w.start, w.stop, qa_ref, qs_ref))
-                                                    for w in grid]))
-            factors = kfac.assemble(kind, shape, sums, eigen, identity)
-            if path is not None:
-                factors.save(path)
-            log.info("rayif: %s factors fitted over %d training rows in %d chunks", kind, len(self.job.train),
-                     len(grid))
-        self._factors = self.ex.put(factors)
+        factors = load_or_fit_factors(self.ex, self.job.train, self.run, kind, self.fingerprint)
+        self._factors, self._factor_values = self.ex.put(factors), factors
         self._lap("factors")
         return self._factors
 
@@ -197,10 +172,16 @@ class Runner:
     def s_test(self, batches: list[np.ndarray]) -> list[torch.Tensor]:
         """``s_test`` of each batch of test rows, all their units scheduled at once.
 
-        LiSSA: one unit per (batch, repetition), summed here in repetition order. Exact / CG: one unit per
-        (batch, block of ``solve_block`` test vectors).
+        LiSSA: one unit per (batch, repetition), summed here in repetition order. Exact / CG: one solve per
+        batch on the driver, its products sharded over every worker (:class:`~rayif.sharded.ShardedSolve`).
+        EK-FAC alone: one unit per (batch, block of ``solve_block`` test vectors).
         """
         job = self.job
+        while isinstance(self.solver, (CGConfig, ExactConfig)):
+            try:
+                return self._sharded_s_test(batches)
+            except (IndefiniteError, ConvergenceError) as e:
+                self._fall_back(e)
 
         def units(scale, factors):
             calls, owner = [], []
@@ -221,6 +202,20 @@ class Runner:
         for b in range(len(batches)):
             mine = [r for r, o in zip(results, owner, strict=True) if o == b]
             s = mean_of_repetitions(mine) if isinstance(self.solver, LissaConfig) else torch.cat(mine)
+            require_finite_vectors(s, "s_test")
+            out.append(s)
+        self._lap("s_test")
+        return out
+
+    def _sharded_s_test(self, batches: list[np.ndarray]) -> list[torch.Tensor]:
+        if self._sharded is None or self._sharded.solver != self.solver:
+            factors = self._factor_values if self.factors() is not None else None
+            dtype = getattr(torch, self.ex.infos[0]["dtype"])
+            self._sharded = ShardedSolve(self.ex, len(self.job.train), self.run, self.solver, factors, dtype)
+        out = []
+        for rows in batches:
+            s, stats = self._sharded.solve(test_vectors(self.ex, rows, self.job.group, self.run.solve_block))
+            self.stats = self.stats + stats
             require_finite_vectors(s, "s_test")
             out.append(s)
         self._lap("s_test")

@@ -103,6 +103,22 @@ def test_kronecker_factors_are_fitted_across_workers_and_equal_in_process(ray_lo
         assert all(b.get("factor_sums", 0) > 0 and b.get("eigen_sums", 0) > 0 for b in busy), busy
 
 
+def test_one_solve_runs_on_every_worker_with_the_same_bits_on_one_or_two(ray_local, data):
+    """CG's products and the explicit matrix's columns are row shards any worker computes, summed on the
+    driver in shard order: two workers share one solve and give one worker's bits."""
+    task, train, test = data
+    run = RunConfig(chunk_size=64, test_batch_size=8)  # 16 shards of 64 rows: both workers get some
+    for solver in (CGConfig(), ExactConfig()):
+        one = rayif.explain(task, train, test, top=5, solver=solver, run_config=run,
+                            scaling_config=ScalingConfig(num_workers=1, resources_per_worker=HALF_CPU))
+        two = rayif.explain(task, train, test, top=5, solver=solver, run_config=run,
+                            scaling_config=ScalingConfig(num_workers=2, resources_per_worker=HALF_CPU))
+        _same(two, one)
+        busy = _job(two)["worker_busy"]
+        assert all(b.get("product", 0) > 0 for b in busy), busy
+        _same(rayif.explain(task, train, test, top=5, solver=solver, run_config=run), one, rtol=1e-6)
+
+
 def test_exact_solver_and_candidate_ids_on_ray(ray_local, data):
     task, train, test = data
     full = rayif.influence_matrix(task, train, test, ExactConfig())

@@ -26,19 +26,32 @@ class ExactSolver:
     """``(C + damping I)^-1 V`` through an eigendecomposition of the explicit curvature ``C`` (float64)."""
 
     def __init__(self, objective: Objective, train: Examples, config: ExactConfig, *, chunk_size: int = 256):
-        p = objective.num_params
+        self.check_size(objective.num_params, config)
+        self._factor(explicit_hessian(objective, train, chunk_size, config.curvature), config, objective.dtype)
+
+    @classmethod
+    def from_matrix(cls, curvature: Tensor, config: ExactConfig, dtype: torch.dtype) -> ExactSolver:
+        """The solver of an explicit ``[p, p]`` curvature built elsewhere (``rayif.sharded``, in column blocks);
+        ``dtype``: the model's, which its answers take."""
+        self = cls.__new__(cls)
+        h = curvature.double()
+        self._factor((h + h.T) / 2, config, dtype)
+        return self
+
+    @staticmethod
+    def check_size(p: int, config: ExactConfig) -> None:
+        """Refuse a ``p`` above ``config.max_params`` before anything is built."""
         if p > config.max_params:
             raise RayifError(
                 f"the exact solver builds a {p} x {p} Hessian, above ExactConfig.max_params={config.max_params}; "
                 "select fewer parameters (Task.params), raise max_params, or use CGConfig / LissaConfig / EKFACConfig"
             )
-        self.dtype = objective.dtype
-        h = explicit_hessian(objective, train, chunk_size, config.curvature)
-        self.stats = SolveStats()
+
+    def _factor(self, h: Tensor, config: ExactConfig, dtype: torch.dtype) -> None:
+        self.dtype, self.config, self.stats = dtype, config, SolveStats()
         evals, self._evecs = torch.linalg.eigh(h)
         self.eigenvalues = evals
         self._shifted = evals + config.damping
-        self.config = config
 
     @property
     def smallest(self) -> float:

@@ -1,0 +1,131 @@
+"""One solve on every worker: the driver iterates, the workers compute its curvature products.
+
+CG's iterations and the explicit matrix's factorisation are small dense algebra; their cost is the
+full-data curvature products. Here each product is split over fixed row shards (``RunConfig.product_shards``
+of them, set by the training set's size alone), any worker computes any shard's share, and the driver sums
+the shares in shard order: a solve gets faster with every worker up to the shard count, and 1 and N
+workers give the same bits. The Kronecker-factor fit is sharded the same way (:func:`load_or_fit_factors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import CGConfig, ExactConfig, RunConfig
+from .data import Examples, ids_digest
+from .errors import RayifError
+from .executors import Call, Executor
+from .ihvp import KroneckerFactors, SolveStats, kfac
+from .ihvp.cg import low_precision, refined_cg
+from .ihvp.exact import ExactSolver
+from .job_folder import FACTORS
+from .kernels import chunk_grid
+
+log = logging.getLogger("rayif")
+
+_COLUMNS = 512  # identity columns per product of the explicit matrix's build
+
+
+def product_shards(n: int, chunk_size: int, count: int) -> list[tuple[int, int]]:
+    """At most ``count`` contiguous row ranges of whole chunks covering ``[0, n)``."""
+    chunks = math.ceil(n / chunk_size)
+    rows = math.ceil(chunks / count) * chunk_size
+    return [(s, min(s + rows, n)) for s in range(0, n, rows)]
+
+
+class ShardedSolve:
+    """``s_test`` of test batches by CG or the exact solve, every product sharded over the executor's workers.
+
+    Args:
+        ex: the job's executor; ``n``: training rows; ``run``: the job's run config.
+        solver: a :class:`CGConfig` or :class:`ExactConfig`.
+        factors: the fitted Kronecker factors when ``solver`` asks for a preconditioner (on the driver).
+        dtype: the model's dtype.
+    """
+
+    def __init__(self, ex: Executor, n: int, run: RunConfig, solver: CGConfig | ExactConfig,
+                 factors: KroneckerFactors | None, dtype: torch.dtype):
+        self.ex, self.run, self.solver, self.dtype = ex, run, solver, dtype
+        self.shards = product_shards(n, run.chunk_size, run.product_shards)
+        self.precondition = kfac.preconditioner(factors, solver) or (lambda r: r)
+        self._exact: ExactSolver | None = None
+
+    def curvature(self, vectors: Tensor, dtype: str | None = None) -> Tensor:
+        """``C v`` for each row of ``vectors [m, p]``: one pass over the training data, its shards on any
+        worker, summed in shard order. ``dtype``: the products' (e.g. ``"float32"``; default the model's)."""
+        ref = self.ex.put(vectors)
+        parts = self.ex.map([Call("product", (ref, a, b, self.solver.curvature, self.run.chunk_size, dtype))
+                             for a, b in self.shards])
+        out = parts[0]
+        for part in parts[1:]:
+            out = out + part
+        return out
+
+    def product(self, vectors: Tensor, dtype: str | None = None) -> Tensor:
+        """``(C + damping I) v``, as :meth:`curvature`."""
+        return self.curvature(vectors, dtype) + self.solver.damping * vectors
+
+    def solve(self, vectors: Tensor) -> tuple[Tensor, SolveStats]:
+        """``(C + damping I)^-1`` applied to each row of ``vectors [m, p]``, and what it cost."""
+        if isinstance(self.solver, ExactConfig):
+            return self.exact().solve(vectors), SolveStats.one(0, False)
+        low = low_precision(self.solver, vectors.dtype)
+        apply_low = None if low is None else (lambda v: self.product(v, str(low).replace("torch.", "")))
+        return refined_cg(self.product, apply_low, self.precondition, vectors, self.solver)
+
+    def exact(self) -> ExactSolver:
+        """The explicit curvature, built once in column blocks (each block one sharded product) and
+        eigendecomposed on the driver."""
+        if self._exact is None:
+            num = self.ex.infos[0]["num_params"]
+            ExactSolver.check_size(num, self.solver)
+            eye = torch.eye(num, dtype=self.dtype)
+            cols = [self.curvature(eye[i : i + _COLUMNS]) for i in range(0, num, _COLUMNS)]
+            self._exact = ExactSolver.from_matrix(torch.cat(cols), self.solver, self.dtype)
+        return self._exact
+
+
+def test_vectors(ex: Executor, rows: np.ndarray, group: bool, block: int) -> Tensor:
+    """``[m, p]`` test-loss gradients of test rows ``rows`` in blocks of ``block`` on any worker (``[1, p]``,
+    their mean, with ``group``)."""
+    if group:
+        (v,) = ex.map([Call("test_vectors", (rows, True))])
+        return v
+    return torch.cat(ex.map([Call("test_vectors", (rows[i : i + block], False)) for i in range(0, len(rows), block)]))
+
+
+def load_or_fit_factors(ex: Executor, train: Examples, run: RunConfig, kind: str, fingerprint: str
+                        ) -> KroneckerFactors:
+    """The job's Kronecker factors: loaded from ``RunConfig.factors_path`` (or the output folder's) when
+    they were fitted for this model, training data and kind, else fitted as (training chunk) units on any
+    worker, summed in chunk order, and saved there."""
+    path = run.factors_path or (Path(run.output_dir) / FACTORS if run.output_dir else None)
+    identity = {"kind": kind, "model_fingerprint": fingerprint, "params_sha256": ex.infos[0]["params_sha256"],
+                "num_train": len(train), "train_ids_sha256": ids_digest(train.ids)}
+    if path is not None and Path(path).exists():
+        factors = KroneckerFactors.load(path)
+        if factors.identity != identity:
+            diff = sorted(k for k in identity if factors.identity.get(k) != identity[k])
+            raise RayifError(f"{path} holds Kronecker factors fitted for something else (differs in {diff}); "
+                             "delete it to refit, or give another RunConfig.factors_path")
+        log.info("rayif: %s factors loaded from %s", kind, path)
+        return factors
+    grid = chunk_grid(len(train), run.chunk_size)
+    shape, *sums = ex.map([Call("factor_shape")] + [Call("factor_sums", (w.start, w.stop)) for w in grid])
+    sums = kfac.add_sums(sums)
+    eigen = None
+    if kind == "ekfac":
+        qa, qs, _ = kfac.eigenbases(sums)
+        qa_ref, qs_ref = ex.put(qa), ex.put(qs)
+        eigen = kfac.add_sums(ex.map([Call("eigen_sums", (w.start, w.stop, qa_ref, qs_ref)) for w in grid]))
+    factors = kfac.assemble(kind, shape, sums, eigen, identity)
+    if path is not None:
+        factors.save(path)
+    log.info("rayif: %s factors fitted over %d training rows in %d chunks", kind, len(train), len(grid))
+    return factors
