@@ -1,25 +1,27 @@
-"""Every s_test solver against exact influence at the same question, on two workloads, in one run.
+"""Every s_test solver against exact influence at the same question, with kronfluence beside them, in one run.
 
-    .venv/bin/python -m benchmarks.solvers            # digits and the 100k-row mixture (about 25 minutes)
-    .venv/bin/python -m benchmarks.solvers --quick    # digits only (about 3 minutes)
-    .venv/bin/python -m benchmarks.solvers --workloads cnn   # the digits CNN (about 20 minutes)
+    .venv/bin/python -m benchmarks.solvers              # mixture, cnn, transformer + workers + batch (~40 min)
+    .venv/bin/python -m benchmarks.solvers --quick      # digits only (about 1 minute)
+    .venv/bin/python -m benchmarks.solvers --workloads cnn transformer --no-workers --no-batch
 
-The question is the user's: the model's own weight decay (1e-2) in the curvature plus the default additive
-damping (1e-3), the Hessian; 50 test points. For each solver, as a user calls it (``compute_s_test`` in this
-process, factor fitting and scale estimation included), the table gives the time, the solver's iterations,
-and the quality of the influence of every training example against exact: mean Pearson and Spearman over
-test points, and the mean number of the exact top-10 harmful found in the solver's top-10.
+The question is the user's: the model's own weight decay in the curvature plus the default additive damping
+(1e-3), the Hessian; 50 test points. Each solver runs as a user calls it (``compute_s_test`` in this process:
+validation, factor fitting, auto's checks included); the table gives its time, its passes over the training
+data (``iterations``), and the quality of the influence of every training example against exact: mean Pearson
+and Spearman over test points, and the mean number of the exact top-10 harmful in the solver's top-10.
 
-* digits: the 64-32-10 tanh MLP (p = 2410, float64) on 1500 digits images; exact = explicit Hessian.
-* mixture: a 64-64-10 tanh MLP (p = 4810, float64) on 100,000 points of a 10-class Gaussian mixture;
-  exact = EK-FAC-preconditioned CG on full-data Hessian products to a relative residual of 1e-7 (the explicit
-  Hessian would take 4810 products over 100k rows); plain CG is left out there (it is the slowest row).
-* cnn: the digits CNN (``digits.make_model("cnn")``: two 3x3 convolutions with ReLU and max-pooling, then
-  64-32-10 tanh; p = 3658) in float32, as users train one, on 1000 images, weight decay 1e-3; exact =
-  explicit Hessian. Only the default solvers run there (auto, EK-FAC alone, ``CGConfig()``, ``LissaConfig()``).
+* digits (``--quick``): the 64-32-10 tanh MLP (p = 2410, float64) on 1500 images; exact = explicit Hessian.
+* mixture: a 64-64-10 tanh MLP (p = 4810, float64) on 100,000 points of a 10-class Gaussian mixture; exact =
+  CG to a relative residual of 1e-8 (the explicit Hessian would take 4810 products over 100k rows).
+* cnn: the digits CNN (two 3x3 convolutions with ReLU and max-pooling, then 64-32-10 tanh; p = 3658) in
+  float32 on 1000 images, weight decay 1e-3; exact = explicit Hessian.
+* transformer: ``rayif.tokens``' 2-layer encoder on 2000 padded sequences (dict batches, float64), influence
+  on its top layers (p = 594); exact = explicit Hessian.
 
-"LiSSA, 0.1 defaults" is FastIF's recipe as rayif 0.2 ran it by default: unitless damping 0.01, i.e. an
-additive ``0.01 * scale``: it answers a different question, which is what the table shows.
+kronfluence (the ``bench`` extra; EK-FAC of the Fisher over its tracked ``nn.Linear`` / ``nn.Conv2d``) runs
+in the same process with the same damping. ``--workers``: one auto solve of the mixture on 1 and on 2 Ray
+workers (one CPU each), bit-identical. ``--batch``: 1000 test points of the mixture against the 50-point run,
+per test point. The frontier (seconds against Spearman) is drawn to ``benchmarks/img/solvers_frontier.png``.
 """
 
 from __future__ import annotations
@@ -27,31 +29,34 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.stats as st
 import torch
 
-from rayif import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig
-from rayif.api import test_job
-from rayif.data import as_examples
+from rayif import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig, ScalingConfig
+from rayif.api import task_examples, test_job
 from rayif.digits import digits_task, load_digits_split
 from rayif.executors import make_executor
 from rayif.grads import Objective
-from rayif.ihvp import estimate_scale
 from rayif.mixture import mixture_task
 from rayif.runner import Runner
+from rayif.tokens import TOP_LAYERS, make_tokens, token_task
 
-from ._common import print_table, write_json
+from . import _kronfluence
+from ._common import peak_rss_mib, print_table, write_json
 
 TEST_POINTS = 50
+DAMPING = AutoConfig().damping
+FRONTIER = Path(__file__).parent / "img" / "solvers_frontier.png"
 
 
-def solve(task, train, test, solver) -> tuple[torch.Tensor, float, dict]:
+def solve(task, train, test, solver, scaling=None, run=None) -> tuple[torch.Tensor, float, dict]:
     """``s_test`` as ``compute_s_test`` computes it, its wall time, and the runner's solver stats."""
     t0 = time.perf_counter()
-    job = test_job(task, train, test, solver, 0, False, RunConfig())
-    with make_executor(task, job.train, job.test, None, job.run) as ex:
+    job = test_job(task, train, test, solver, 0, False, run or RunConfig())
+    with make_executor(task, job.train, job.test, scaling, job.run) as ex:
         runner = Runner(job, ex)
         s = runner.s_test_all()
     return s, time.perf_counter() - t0, {**vars(runner.stats), "chosen": runner.choice["chosen"]}
@@ -60,11 +65,9 @@ def solve(task, train, test, solver) -> tuple[torch.Tensor, float, dict]:
 def influence(task, train, s_tests: list[torch.Tensor], chunk: int = 2048) -> list[np.ndarray]:
     """``[m, n]`` influence of every training example for each ``s_test``, in one pass of training gradients."""
     obj = Objective(task)
-    ex = as_examples(train)
-    stacked = torch.cat(s_tests)
-    parts = []
-    for c in ex.chunks(chunk):
-        parts.append((-(stacked @ obj.train_grads(c).T)).numpy())
+    ex = task_examples(task, train, "training data")
+    stacked = torch.cat(s_tests).to(obj.dtype)
+    parts = [(-(stacked @ obj.train_grads(c).T)).double().numpy() for c in ex.chunks(chunk)]
     full = np.concatenate(parts, axis=1)
     return np.split(full, np.cumsum([len(s) for s in s_tests])[:-1])
 
@@ -76,7 +79,9 @@ def quality(exact: np.ndarray, got: np.ndarray) -> dict:
     return {"pearson": float(np.mean(p)), "spearman": float(np.mean(s)), "top10": float(np.mean(top))}
 
 
-def workload(name: str):
+def workload(name: str, test_points: int = TEST_POINTS):
+    """``(task, train, test, exact solver, kronfluence's tracked modules)``."""
+    modules = None
     if name == "digits":
         split = load_digits_split(n_train=1500, n_test=297, seed=0)
         task, sp = digits_task("mlp", split, weight_decay=1e-2)
@@ -85,44 +90,39 @@ def workload(name: str):
         split = load_digits_split(n_train=1000, n_test=200, seed=0, dtype=np.float32)
         task, sp = digits_task("cnn", split, weight_decay=1e-3, dtype=torch.float32, max_iter=300)
         exact = ExactConfig()
+    elif name == "transformer":
+        train, test = make_tokens(2000, seed=0), make_tokens(test_points, seed=1)
+        task = token_task(train)
+        modules = [n for n, m in task.model_factory().named_modules()
+                   if isinstance(m, torch.nn.Linear) and (n + ".").startswith(TOP_LAYERS)]
+        return task, train.batch(), test.batch(), ExactConfig(), modules
     else:
         task, sp = mixture_task(100_000, 1000, weight_decay=1e-2)
-        exact = CGConfig(tol=1e-7, max_iter=2000)
-    return task, (sp.x_train, sp.y_train), (sp.x_test[:TEST_POINTS], sp.y_test[:TEST_POINTS]), exact
+        exact = CGConfig(tol=1e-8, max_iter=2000)
+    return (task, (sp.x_train, sp.y_train), (sp.x_test[:test_points], sp.y_test[:test_points]), exact, modules)
 
 
-def solvers(task, train, name: str) -> list[tuple[str, object]]:
-    if name == "cnn":
-        return [("auto (the default)", AutoConfig()), ("EK-FAC alone", EKFACConfig()),
-                ("CG + EK-FAC (CGConfig())", CGConfig()), ("LiSSA() (new defaults)", LissaConfig())]
-    old = LissaConfig(depth=1000, batch_size=32, repetitions=4, preconditioner=None, tol=None, tail_average=0.5)
-    scale = estimate_scale(Objective(task), as_examples(train), old, seed=0)
-    return [
-        ("auto (the default)", AutoConfig()),
-        ("EK-FAC alone", EKFACConfig()),
-        ("K-FAC alone", EKFACConfig(eigen_correction=False)),
-        *([("CG, no preconditioner", CGConfig(preconditioner=None))] if name == "digits" else []),
-        ("CG + EK-FAC (CGConfig())", CGConfig()),
-        ("CG + EK-FAC, tol 1e-2", CGConfig(tol=1e-2)),
-        ("CG + EK-FAC, GGN", CGConfig(curvature="ggn")),
-        ("LiSSA() (new defaults)", LissaConfig()),
-        ("LiSSA, no preconditioner", LissaConfig(preconditioner=None)),
-        ("LiSSA, 0.1 defaults", LissaConfig(depth=1000, batch_size=32, repetitions=4, damping=0.01 * scale,
-                                             preconditioner=None, tol=None)),
-        ("LiSSA, 0.1 shape, damping 1e-3", LissaConfig(depth=1000, batch_size=32, repetitions=4, preconditioner=None,
-                                                        tol=None)),
-    ]
+def solvers(name: str) -> list[tuple[str, object]]:
+    """The rows of a workload: the default first, then the frontier's points."""
+    rows = [("auto (the default)", AutoConfig()), ("EK-FAC alone", EKFACConfig()),
+            ("K-FAC alone", EKFACConfig(eigen_correction=False))]
+    rows += [(f"CG + EK-FAC, tol {t:g}", CGConfig(tol=t)) for t in (1e-1, 1e-2, 1e-3)]
+    rows += [("CG, no preconditioner, tol 1e-3", CGConfig(preconditioner=None)),
+             ("CG + EK-FAC, float64 products", CGConfig(mixed_precision=False)),
+             ("LiSSA() (its defaults)", LissaConfig()),
+             ("LiSSA, depth 500", LissaConfig(depth=500, tol=None))]
+    return rows
 
 
 def run(name: str) -> list[dict]:
-    task, train, test, exact_cfg = workload(name)
+    task, train, test, exact_cfg, modules = workload(name)
     rows, s_tests = [], []
     solve(task, train, test, EKFACConfig())  # warm-up: torch.func's first calls in a process cost seconds
     s, secs, stats = solve(task, train, test, exact_cfg)
     rows.append({"workload": name, "solver": "exact", "seconds": secs, **stats})
     s_tests.append(s)
-    print(f"{name}: exact in {secs:.1f}s", flush=True)
-    for label, cfg in solvers(task, train, name):
+    print(f"{name}: exact in {secs:.1f}s {stats}", flush=True)
+    for label, cfg in solvers(name):
         try:
             s, secs, stats = solve(task, train, test, cfg)
         except Exception as e:  # a diverging configuration is a result too
@@ -136,30 +136,114 @@ def run(name: str) -> list[dict]:
     infl = influence(task, train, s_tests)
     for r, i in zip(scored, infl, strict=True):
         r.update(quality(infl[0], i))
-    base = next(r["seconds"] for r in rows if r["solver"] == "EK-FAC alone" and "seconds" in r)
-    for r in scored:
-        r["vs_ekfac"] = r["seconds"] / base
+    if _kronfluence.AVAILABLE:
+        values, secs = _kronfluence.influence(task.model_factory(), train, test, task.weight_decay + DAMPING, modules)
+        rows.append({"workload": name, "solver": "kronfluence 1.0 EK-FAC (peer)", "seconds": secs,
+                     **quality(infl[0], values)})
+        print(f"{name}: kronfluence in {secs:.1f}s", flush=True)
+    else:
+        rows.append({"workload": name, "solver": "kronfluence (peer)", "error": _kronfluence.MISSING})
+    peer = next((r for r in rows if r["solver"].startswith("kronfluence") and "seconds" in r), None)
+    for r in rows:
+        if "seconds" in r and peer is not None:
+            r["vs_kronfluence"] = r["seconds"] / peer["seconds"]
     return rows
+
+
+def workers() -> list[dict]:
+    """One auto solve of the mixture on 1 and on 2 Ray workers (one CPU and one thread each)."""
+    task, train, test, _, _ = workload("mixture")
+    out, results = [], {}
+    for k in (1, 2):
+        scaling = ScalingConfig(num_workers=k, resources_per_worker={"CPU": 1})
+        s, secs, stats = solve(task, train, test, AutoConfig(), scaling)
+        results[k] = s
+        out.append({"workers": k, "seconds": secs, **stats})
+        print(f"mixture on {k} Ray worker(s): {secs:.1f}s {stats}", flush=True)
+    for r in out:
+        r["speedup"] = out[0]["seconds"] / r["seconds"]
+        r["bit_identical"] = bool(torch.equal(results[r["workers"]], results[1]))
+    return out
+
+
+def batch() -> list[dict]:
+    """The mixture's 1000 test points against its first 50 (auto, in this process): seconds per test point,
+    with the Krylov space of the first batch recycled (the default) and without."""
+    out = []
+    plain = CGConfig(tol=1e-5, recycle=0)  # what auto runs here, minus recycling
+    for points, size, cfg, label in ((TEST_POINTS, 256, AutoConfig(), "auto"), (1000, 256, AutoConfig(), "auto"),
+                                     (1000, 256, plain, "auto's CG, recycle=0"), (1000, 1000, AutoConfig(), "auto")):
+        task, train, test, _, _ = workload("mixture", points)
+        _, secs, stats = solve(task, train, test, cfg, run=RunConfig(test_batch_size=size))
+        out.append({"test_points": points, "test_batch_size": size, "solver": label, "seconds": secs,
+                    "per_point": secs / points, **stats})
+        print(f"mixture, {points} test points in batches of {size}, {label}: {secs:.1f}s {stats}", flush=True)
+    for r in out:
+        r["per_point_vs_50"] = r["per_point"] / out[0]["per_point"]
+    return out
+
+
+def frontier(rows: list[dict], path: Path = FRONTIER) -> None:
+    """Seconds against Spearman with exact, one panel per workload; auto's point ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["workload"] for r in rows))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        pts = [r for r in rows if r["workload"] == name and "spearman" in r and r["solver"] != "exact"]
+        for r in pts:
+            auto, peer = r["solver"].startswith("auto"), r["solver"].startswith("kronfluence")
+            ax.scatter(r["seconds"], r["spearman"], s=80 if auto else 30, marker="*" if peer else "o",
+                       edgecolors="red" if auto else "none", facecolors="none" if auto else None)
+            ax.annotate(r["solver"].split(" (")[0], (r["seconds"], r["spearman"]), fontsize=6)
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds (2-core CPU)")
+        ax.set_ylabel("Spearman with exact influence")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="digits only")
-    ap.add_argument("--workloads", nargs="+", choices=["digits", "mixture", "cnn"], help="default: digits mixture")
+    ap.add_argument("--quick", action="store_true", help="digits only, no Ray and no batch section")
+    ap.add_argument("--workloads", nargs="+", choices=["digits", "mixture", "cnn", "transformer"],
+                    help="default: mixture cnn transformer")
+    ap.add_argument("--no-workers", action="store_true", help="skip the 1 vs 2 Ray workers section")
+    ap.add_argument("--no-batch", action="store_true", help="skip the 1000 test points section")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/solvers.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    names = args.workloads or (["digits"] if args.quick else ["mixture", "cnn", "transformer"])
     rows = []
-    for name in args.workloads or (["digits"] if args.quick else ["digits", "mixture"]):
+    for name in names:
         rows += run(name)
     print_table(f"s_test solvers vs exact influence, {TEST_POINTS} test points, damping 1e-3 + model's weight decay",
                 rows, [("workload", "workload", "s"), ("solver", "solver", "s"), ("seconds", "s", ".1f"),
-                       ("vs_ekfac", "x EK-FAC", ".2f"), ("iterations", "iters", "d"), ("capped", "capped", "d"),
+                       ("vs_kronfluence", "x kronfluence", ".2f"), ("iterations", "passes", "d"),
                        ("pearson", "Pearson", ".4f"), ("spearman", "Spearman", ".4f"), ("top10", "top-10", ".1f"),
                        ("error", "error", "s")])
+    frontier(rows)
+    out = {"test_points": TEST_POINTS, "rows": rows, "peak_rss_mib": peak_rss_mib()}
+    if not (args.quick or args.no_workers):
+        out["workers"] = workers()
+        print_table("one solve of the mixture (auto) on Ray workers", out["workers"],
+                    [("workers", "workers", "d"), ("seconds", "s", ".1f"), ("speedup", "speedup", ".2f"),
+                     ("iterations", "passes", "d"), ("bit_identical", "bit-identical", "s")])
+    if not (args.quick or args.no_batch):
+        out["batch"] = batch()
+        print_table("batch scoring on the mixture (auto, in-process)", out["batch"],
+                    [("test_points", "test points", "d"), ("test_batch_size", "batch", "d"), ("solver", "solver", "s"),
+                     ("seconds", "s", ".1f"),
+                     ("per_point", "s / point", ".3f"), ("per_point_vs_50", "x 50-point run", ".2f"),
+                     ("iterations", "passes", "d")])
     name = "solvers" if args.workloads is None else "solvers_" + "_".join(args.workloads)
-    write_json(name, {"test_points": TEST_POINTS, "rows": rows}, args.out)
+    write_json(name, out, args.out)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def _run(task: Task, job: Job, scaling: ScalingConfig | None, address: str | Non
         return getattr(runner, what)()
 
 
-RENAMED = {"scaling": "scaling_config"}  # 0.7 spelling -> 0.8 spelling; the old ones go in 0.9
+RENAMED = {"scaling": "scaling_config"}  # 0.7 spelling -> 0.8 spelling; the old ones go in 0.10
 
 
 def renamed_keywords(fn):
@@ -76,7 +76,7 @@ def renamed_keywords(fn):
             if old in kwargs:
                 if new in kwargs:
                     raise TypeError(f"{fn.__name__}() got {old}= and {new}=: pass {new}= only")
-                warnings.warn(f"rayif.{fn.__name__}({old}=...) is deprecated and goes in 0.9: pass {new}=",
+                warnings.warn(f"rayif.{fn.__name__}({old}=...) is deprecated and goes in 0.10: pass {new}=",
                               FutureWarning, stacklevel=2)
                 kwargs[new] = kwargs.pop(old)
         return fn(*args, **kwargs)
@@ -138,7 +138,7 @@ def explain(
         k: candidates per test point with ``index=`` (a sketch index: both sides together).
         scaling_config: a :class:`rayif.ScalingConfig` to run on Ray workers that each hold one model
             replica; ``None`` or ``num_workers=0``: this process. (``scaling=``, its 0.7 name, still works
-            until 0.9, with a ``FutureWarning``.)
+            until 0.10, with a ``FutureWarning``.)
         run_config: test batches, output folder and resume, progress, gradient cache, failure policy
             (:class:`rayif.RunConfig`).
         address: (Ray) the cluster to join; default ``RAY_ADDRESS``, else a local Ray started here.

@@ -21,6 +21,11 @@ from .functional import FunctionalModel, Given, OutputSpec, default_key, differe
 from .per_example import PerExampleGrads
 from .task import Task, model_fingerprint
 
+# Vectors per batched product: past about 64 vectors on a 256-row chunk the product's intermediates outgrow
+# the caches and each vector costs 2-3x more (benchmarks/hvp.py; the mixture MLP 22 ms per vector per 20k rows
+# at 64, 46 at 256; the tokens transformer 10 ms at 64, 36 at 512), so larger blocks are split.
+VECTORS_PER_PRODUCT = 64
+
 
 class Objective:
     """A replica of the task's model in functional form around its trained parameters ``theta``.
@@ -249,7 +254,8 @@ class Objective:
             batch = c.batch
             if self.cast_inputs:
                 batch = map_batch(lambda t: t.to(self.dtype) if t.is_floating_point() else t, batch)
-            hv = self.product(vectors, batch, curvature)
+            hv = torch.cat([self.product(vectors[i : i + VECTORS_PER_PRODUCT], batch, curvature)
+                            for i in range(0, len(vectors), VECTORS_PER_PRODUCT)])
             if not bool(torch.isfinite(hv).all()):
                 self.train_grads(chunk)  # names the examples when their gradients are the cause
                 require_finite(hv, None, f"Hessian-vector product on training ids {chunk.ids[0]}..{chunk.ids[-1]}")

@@ -22,7 +22,7 @@ from .data import Examples, ids_digest
 from .errors import RayifError
 from .executors import Call, Executor
 from .ihvp import KroneckerFactors, SolveStats, kfac
-from .ihvp.cg import low_precision, refined_cg
+from .ihvp.cg import KrylovSpace, low_precision, refined_cg
 from .ihvp.exact import ExactSolver
 from .job_folder import FACTORS
 from .kernels import chunk_grid
@@ -55,6 +55,8 @@ class ShardedSolve:
         self.shards = product_shards(n, run.chunk_size, run.product_shards)
         self.precondition = kfac.preconditioner(factors, solver) or (lambda r: r)
         self._exact: ExactSolver | None = None
+        # the first batch's search directions, for the later ones
+        self.space = KrylovSpace(getattr(solver, "recycle", 0), ex.infos[0]["num_params"])
 
     def curvature(self, vectors: Tensor, dtype: str | None = None) -> Tensor:
         """``C v`` for each row of ``vectors [m, p]``: one pass over the training data, its shards on any
@@ -77,7 +79,7 @@ class ShardedSolve:
             return self.exact().solve(vectors), SolveStats.one(0, False)
         low = low_precision(self.solver, vectors.dtype)
         apply_low = None if low is None else (lambda v: self.product(v, str(low).replace("torch.", "")))
-        return refined_cg(self.product, apply_low, self.precondition, vectors, self.solver)
+        return refined_cg(self.product, apply_low, self.precondition, vectors, self.solver, self.space)
 
     def exact(self) -> ExactSolver:
         """The explicit curvature, built once in column blocks (each block one sharded product) and

@@ -125,7 +125,7 @@ def test_one_name_per_option_in_every_command_and_the_old_ones_warn(capsys):
                            "--kind", "ivf_flat"])
     assert (old.candidates, old.index_kind) == (new.candidates, new.index_kind) == ("sketch", "ivf_flat")
     err = capsys.readouterr().err
-    assert "--source is deprecated and goes in 0.9: use --candidates" in err and "use --index-kind" in err
+    assert "--source is deprecated and goes in 0.10: use --candidates" in err and "use --index-kind" in err
     assert root.parse_args(["recall", "--sources", "sketch"]).candidates == "sketch"
     assert "--source" not in cmds["index"].format_help()  # the old spellings are not advertised
 

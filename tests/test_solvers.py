@@ -217,6 +217,25 @@ def test_auto_chooses_by_size_and_records_why(logistic):
     assert meta["solver_choice"]["chosen"] == "cg" and "m=1" in meta["solver_choice"]["reason"]
 
 
+def test_auto_target_trades_exactness_for_passes(mlp):
+    """``target="rank"`` stops CG at 1e-3 (fewer passes, still ranking as exact does); ``"fast"`` is EK-FAC
+    alone, no passes and a poorer ranking; each choice is recorded."""
+    task, sp = mlp
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:8], sp.y_test[:8])
+    exact = rayif.influence_matrix(task, train, test, ExactConfig())
+    tables = {t: rayif.explain(task, train, test, AutoConfig(target=t), top=3) for t in ("exact", "rank", "fast")}
+    meta = {t: rayif.results.metadata(tab) for t, tab in tables.items()}
+    assert [meta[t]["solver_choice"]["chosen"] for t in tables] == ["cg", "cg", "ekfac"]
+    assert meta["exact"]["solver"]["tol"] == 1e-5 and meta["rank"]["solver"]["tol"] == 1e-3
+    passes = {t: meta[t]["job"]["solver_stats"]["iterations"] for t in tables}
+    assert passes["fast"] == 0 < passes["rank"] < passes["exact"], passes
+    rank = correlations(exact, rayif.influence_matrix(task, train, test, AutoConfig(target="rank")))
+    fast = correlations(exact, rayif.influence_matrix(task, train, test, AutoConfig(target="fast")))
+    assert rank["spearman"] >= 0.99 and fast["spearman"] < rank["spearman"], (rank, fast)
+    with pytest.raises(RayifError, match="target"):
+        AutoConfig(target="quick")
+
+
 def test_factors_are_saved_reused_and_refused_for_another_model(logistic, mlp, tmp_path, caplog):
     task, sp = logistic
     train, test = (sp.x_train, sp.y_train), (sp.x_test[:2], sp.y_test[:2])

@@ -41,14 +41,14 @@ def _scaling(p: argparse.ArgumentParser, workers: int = 2) -> None:
 
 
 class _Renamed(argparse.Action):
-    """A 0.7 spelling of a flag: still accepted (hidden from --help) until 0.9, with a warning naming the new one."""
+    """A 0.7 spelling of a flag: still accepted (hidden from --help) until 0.10, with a warning naming the new one."""
 
     def __init__(self, option_strings, dest, new: str = "", **kwargs):
         super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
         self.new = new
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"rayif: warning: {option_string} is deprecated and goes in 0.9: use {self.new}", file=sys.stderr)
+        print(f"rayif: warning: {option_string} is deprecated and goes in 0.10: use {self.new}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 

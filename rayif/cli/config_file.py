@@ -93,7 +93,7 @@ def apply(path: str, command: str, sub: argparse.ArgumentParser, all_commands: d
                     raise RayifError(f"--config {path}: {raw} is not an option of any rayif command")
                 continue
             if getattr(mine[key], "new", None):  # a renamed flag (cli._Renamed)
-                print(f"rayif: warning: --config {path}: {raw} is deprecated and goes in 0.9: use "
+                print(f"rayif: warning: --config {path}: {raw} is deprecated and goes in 0.10: use "
                       f"{mine[key].new.lstrip('-')}", file=sys.stderr)
             values[mine[key].dest] = _check(path, where, raw, value, mine[key])
     for action in sub._actions:

@@ -28,21 +28,81 @@ from .stats import SolveStats
 
 _PACE = 25  # iterations over which CG's rate of convergence is measured
 _DROP = 1e-10  # search directions below this fraction of the block's largest singular value are dropped
+_RECYCLE_BYTES = 512 * 2**20  # bound on a recycled Krylov space (directions and products, float64)
 _REFINEMENTS = 4  # rounds of mixed-precision refinement; float32 products need one, rarely two
 
 
+class KrylovSpace:
+    """Search directions ``W`` of a job's first solve and their products ``A W``, recycled by the later ones
+    (deflated CG, Saad et al. 2000): a later solve starts from its Galerkin answer in ``span(W)`` and keeps
+    its own directions ``A``-conjugate to ``W``, so the curvature directions the first solve found are not
+    searched again. ``limit``: directions kept, at most ``_RECYCLE_BYTES`` of them and their products."""
+
+    def __init__(self, limit: int, p: int):
+        self.limit, self._w, self._aw = min(limit, _RECYCLE_BYTES // (16 * max(1, p))), [], []
+        self.w: Tensor | None = None  # [K, p] once frozen, A-orthonormal
+        self.aw: Tensor | None = None
+
+    @property
+    def recording(self) -> bool:
+        return self.w is None and self.limit > 0
+
+    def add(self, p: Tensor, q: Tensor) -> None:
+        if self.recording and sum(len(w) for w in self._w) + len(p) <= self.limit:
+            self._w.append(p.double())
+            self._aw.append(q.double())
+
+    def freeze(self) -> None:
+        """End the recording. What was kept is made ``A``-orthonormal (``W A W^T = I``), dropping directions
+        that rounding left dependent, and later solves use it."""
+        if not self.recording:
+            return
+        self.limit = 0
+        if not self._w:
+            return
+        w, aw = torch.cat(self._w), torch.cat(self._aw)
+        self._w, self._aw = [], []
+        g = w @ aw.T
+        evals, evecs = torch.linalg.eigh((g + g.T) / 2)
+        keep = evals > _DROP * evals[-1].clamp_min(0)
+        if not bool(keep.any()) or float(evals[0]) < -_DROP * float(evals[-1]):  # not definite: keep nothing
+            return
+        t = evecs[:, keep] / evals[keep].sqrt()
+        self.w, self.aw = t.T @ w, t.T @ aw
+
+    def start(self, b: Tensor) -> tuple[Tensor, Tensor]:
+        """The Galerkin answer in ``span(W)`` and its residual, ``(x0, b - A x0)``."""
+        coef = self.w @ b.double().T  # [K, m]
+        return (coef.T @ self.w).to(b.dtype), (b.double() - coef.T @ self.aw).to(b.dtype)
+
+    def deflate(self, p: Tensor) -> Tensor:
+        """``p`` made ``A``-conjugate to ``W``."""
+        coef = self.aw @ p.double().T
+        return (p.double() - coef.T @ self.w).to(p.dtype)
+
+
 def refined_cg(apply: Callable[[Tensor], Tensor], apply_low: Callable[[Tensor], Tensor] | None,
-               precondition: Callable[[Tensor], Tensor], b: Tensor, config: CGConfig) -> tuple[Tensor, SolveStats]:
+               precondition: Callable[[Tensor], Tensor], b: Tensor, config: CGConfig,
+               space: KrylovSpace | None = None) -> tuple[Tensor, SolveStats]:
     """:func:`block_cg` on ``apply_low`` (the same operator in lower precision), refined: each round's true
     residual ``b - apply(x)`` (one pass in the model's dtype) is solved for again until every column is below
     ``tol``. Rounding in the cheap products then moves the answer by no more than the tolerance allows.
-    Without ``apply_low``, plain :func:`block_cg` on ``apply``."""
-    if apply_low is None:
-        return block_cg(apply, precondition, b, config)
+    Without ``apply_low``, plain :func:`block_cg` on ``apply``. ``space``: as :func:`block_cg`."""
+    try:
+        if apply_low is None:
+            return block_cg(apply, precondition, b, config, space=space)
+        return _refine(apply, apply_low, precondition, b, config, space)
+    finally:
+        if space is not None:
+            space.freeze()
+
+
+def _refine(apply, apply_low, precondition, b: Tensor, config: CGConfig, space: KrylovSpace | None
+            ) -> tuple[Tensor, SolveStats]:
     target = config.tol * (b * b).sum(1).double().sqrt()
     x, r, stats = torch.zeros_like(b), b, SolveStats()
     for _ in range(_REFINEMENTS):
-        e, st = block_cg(apply_low, precondition, r, config, target)
+        e, st = block_cg(apply_low, precondition, r, config, target, space)
         x = x + e
         r = b - apply(x)
         stats = SolveStats(stats.iterations + st.iterations + 1, 0, 1)
@@ -54,18 +114,22 @@ def refined_cg(apply: Callable[[Tensor], Tensor], apply_low: Callable[[Tensor], 
 
 
 def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor], Tensor], b: Tensor,
-             config: CGConfig, target: Tensor | None = None) -> tuple[Tensor, SolveStats]:
+             config: CGConfig, target: Tensor | None = None, space: KrylovSpace | None = None
+             ) -> tuple[Tensor, SolveStats]:
     """``(C + lambda I)^-1 b`` for every row of ``b [m, p]``: ``apply`` is ``v [k, p] -> (C + lambda I) v``
     (one pass over the training data), ``precondition`` ``r [k, p] -> M^-1 r`` (symmetric positive definite).
-    A column stops when its residual's norm is below ``target [m]`` (default ``tol * ||b||``). Returns the
-    solution and its stats (``iterations``: product passes)."""
+    A column stops when its residual's norm is below ``target [m]`` (default ``tol * ||b||``). ``space``: a
+    :class:`KrylovSpace` this solve records into (the job's first) or starts from and deflates with (the
+    later ones). Returns the solution and its stats (``iterations``: product passes)."""
     cfg = config
-    x = torch.zeros_like(b)
-    r = b.clone()
     bb = (b * b).sum(1).double().clamp_min(1e-300)
     tt = bb * cfg.tol**2 if target is None else target.double() ** 2
+    deflate = space is not None and space.w is not None
+    record = space is not None and space.recording
+    x, r = space.start(b) if deflate else (torch.zeros_like(b), b.clone())
+    project = space.deflate if deflate else (lambda v: v)
     active = ((r * r).sum(1).double() > tt).nonzero().flatten()
-    p = _orthonormal(precondition(r[active])) if len(active) else None
+    p = _orthonormal(project(precondition(r[active]))) if len(active) else None
     history: list[float] = []  # the worst relative residual at each iteration
     for it in range(cfg.max_iter):
         if not len(active):
@@ -74,6 +138,8 @@ def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor],
         history.append(worst)
         _check_pace(history, it, cfg)
         q = apply(p)
+        if record:
+            space.add(p, q)
         pq = (p.double() @ q.double().T)
         pq = (pq + pq.T) / 2
         chol, info = torch.linalg.cholesky_ex(pq)
@@ -90,7 +156,7 @@ def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor],
             continue
         z = precondition(r[active])
         beta = -torch.cholesky_solve(q.double() @ z.double().T, chol)  # [k, a]
-        p = _orthonormal(z + (beta.T @ p.double()).to(z.dtype))
+        p = _orthonormal(project(z + (beta.T @ p.double()).to(z.dtype)))
     if len(active):
         worst = float(((r[active] * r[active]).sum(1).double() / bb[active]).sqrt().max())
         raise ConvergenceError(
@@ -137,6 +203,7 @@ class CGSolver:
         self.objective, self.train, self.config, self.chunk_size = objective, train, config, chunk_size
         self.precondition = precondition or (lambda r: r)
         self.stats = SolveStats()
+        self.space = KrylovSpace(config.recycle, objective.num_params)  # the first solve's, for the later ones
         low = low_precision(config, objective.dtype)
         self._low = objective.in_dtype(low) if low is not None else None
 
@@ -147,5 +214,5 @@ class CGSolver:
 
     def solve(self, vectors: Tensor) -> Tensor:
         low = None if self._low is None else (lambda v: self._apply(v, self._low))
-        x, self.stats = refined_cg(self._apply, low, self.precondition, vectors, self.config)
+        x, self.stats = refined_cg(self._apply, low, self.precondition, vectors, self.config, self.space)
         return x

@@ -14,12 +14,12 @@ from .sketch import GradientSketch
 
 __all__ = ["FeatureIndex", "GradientSketch", "IndexConfig", "build_index", "training_dataset"]
 
-_MOVED = ("candidate_recall", "knn_recall", "plot_recall")  # to rayif.recall in 0.8; these names go in 0.9
+_MOVED = ("candidate_recall", "knn_recall", "plot_recall")  # to rayif.recall in 0.8; these names go in 0.10
 
 
 def __getattr__(name: str):
     if name in _MOVED:
-        warnings.warn(f"rayif.index.{name} moved to rayif.recall.{name}; the old name goes in 0.9",
+        warnings.warn(f"rayif.index.{name} moved to rayif.recall.{name}; the old name goes in 0.10",
                       FutureWarning, stacklevel=2)
         # resolved on use only: rayif.recall sits above this package (it runs solves)
         return getattr(importlib.import_module("rayif.recall"), name)
