@@ -162,7 +162,7 @@ def workers() -> list[dict]:
         print(f"mixture on {k} Ray worker(s): {secs:.1f}s {stats}", flush=True)
     for r in out:
         r["speedup"] = out[0]["seconds"] / r["seconds"]
-        r["bit_identical"] = bool(torch.equal(results[r["workers"]], results[1]))
+        r["bit_identical"] = "yes" if torch.equal(results[r["workers"]], results[1]) else "NO"
     return out
 
 
@@ -212,24 +212,22 @@ def frontier(rows: list[dict], path: Path = FRONTIER) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="digits only, no Ray and no batch section")
-    ap.add_argument("--workloads", nargs="+", choices=["digits", "mixture", "cnn", "transformer"],
-                    help="default: mixture cnn transformer")
+    ap.add_argument("--workloads", nargs="*", choices=["digits", "mixture", "cnn", "transformer"],
+                    help="default: mixture cnn transformer (none: only the workers and batch sections)")
     ap.add_argument("--no-workers", action="store_true", help="skip the 1 vs 2 Ray workers section")
     ap.add_argument("--no-batch", action="store_true", help="skip the 1000 test points section")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/solvers.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    names = args.workloads or (["digits"] if args.quick else ["mixture", "cnn", "transformer"])
+    names = args.workloads if args.workloads is not None else (
+        ["digits"] if args.quick else ["mixture", "cnn", "transformer"])
     rows = []
     for name in names:
         rows += run(name)
-    print_table(f"s_test solvers vs exact influence, {TEST_POINTS} test points, damping 1e-3 + model's weight decay",
-                rows, [("workload", "workload", "s"), ("solver", "solver", "s"), ("seconds", "s", ".1f"),
-                       ("vs_kronfluence", "x kronfluence", ".2f"), ("iterations", "passes", "d"),
-                       ("pearson", "Pearson", ".4f"), ("spearman", "Spearman", ".4f"), ("top10", "top-10", ".1f"),
-                       ("error", "error", "s")])
-    frontier(rows)
     out = {"test_points": TEST_POINTS, "rows": rows, "peak_rss_mib": peak_rss_mib()}
+    if rows:
+        _table(rows)
+        frontier(rows, FRONTIER if args.workloads is None else FRONTIER.with_name(f"solvers_frontier_{names[0]}.png"))
     if not (args.quick or args.no_workers):
         out["workers"] = workers()
         print_table("one solve of the mixture (auto) on Ray workers", out["workers"],
@@ -237,13 +235,20 @@ def main(argv: list[str] | None = None) -> None:
                      ("iterations", "passes", "d"), ("bit_identical", "bit-identical", "s")])
     if not (args.quick or args.no_batch):
         out["batch"] = batch()
-        print_table("batch scoring on the mixture (auto, in-process)", out["batch"],
+        print_table("batch scoring on the mixture (in-process)", out["batch"],
                     [("test_points", "test points", "d"), ("test_batch_size", "batch", "d"), ("solver", "solver", "s"),
-                     ("seconds", "s", ".1f"),
-                     ("per_point", "s / point", ".3f"), ("per_point_vs_50", "x 50-point run", ".2f"),
-                     ("iterations", "passes", "d")])
-    name = "solvers" if args.workloads is None else "solvers_" + "_".join(args.workloads)
+                     ("seconds", "s", ".1f"), ("per_point", "s / point", ".3f"),
+                     ("per_point_vs_50", "x 50-point run", ".2f"), ("iterations", "passes", "d")])
+    name = "solvers" if args.workloads is None else "solvers_" + ("_".join(args.workloads) or "sections")
     write_json(name, out, args.out)
+
+
+def _table(rows: list[dict]) -> None:
+    print_table(f"s_test solvers vs exact influence, {TEST_POINTS} test points, damping 1e-3 + model's weight decay",
+                rows, [("workload", "workload", "s"), ("solver", "solver", "s"), ("seconds", "s", ".1f"),
+                       ("vs_kronfluence", "x kronfluence", ".2f"), ("iterations", "passes", "d"),
+                       ("pearson", "Pearson", ".4f"), ("spearman", "Spearman", ".4f"), ("top10", "top-10", ".1f"),
+                       ("error", "error", "s")])
 
 
 if __name__ == "__main__":

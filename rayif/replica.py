@@ -42,6 +42,9 @@ def pick_device(want_gpu: bool, gpu_ids: list | None = None) -> tuple[str, str |
                    "falling back to CPU")
 
 
+_PROBE_CHUNK = 8  # the definiteness probe's chunks, in RunConfig.chunk_size units
+
+
 class Replica:
     """A model replica, the training data and the test points: the units of an influence job as methods."""
 
@@ -123,14 +126,18 @@ class Replica:
         (their products weighted by ``rows / n``, summed in chunk order): the driver sums the shares of every
         shard in shard order. ``dtype``: compute in this one (``"float32"`` for mixed precision) instead of
         the model's; the result has the vectors' dtype."""
-        obj = self.objective
-        if dtype is not None and getattr(torch, dtype) != obj.dtype:
-            if self._low is None or self._low.dtype != getattr(torch, dtype):
-                self._low = obj.in_dtype(getattr(torch, dtype))
-            obj = self._low
+        obj = self._objective_in(dtype)
         v = vectors.to(self.device, obj.dtype)
         hv = obj.full_hvp(v, self.train.take(slice(start, stop)), chunk_size, curvature)
         return (hv * ((stop - start) / len(self.train))).to(vectors.dtype).cpu()
+
+    def _objective_in(self, dtype: str | None) -> Objective:
+        """This replica's objective, or a copy in ``dtype`` (``"float32"``), made once."""
+        if dtype is None or getattr(torch, dtype) == self.objective.dtype:
+            return self.objective
+        if self._low is None or self._low.dtype != getattr(torch, dtype):
+            self._low = self.objective.in_dtype(getattr(torch, dtype))
+        return self._low
 
     def _inverse(self, v: Tensor, solver: SolverConfig, scale: float | None, seed: int, repetition: int | None,
                  chunk_size: int, factors: KroneckerFactors | None) -> tuple[Tensor, SolveStats]:
@@ -161,8 +168,11 @@ class Replica:
             ggn = str(e)
         smallest = None
         if solver.curvature == "hessian" and steps:
-            smallest = smallest_eigenvalue(lambda x: o.full_hvp(x, self.train, chunk_size), o.num_params, steps,
-                                           seed, o.dtype, o.device)
+            # single-vector products: larger chunks (the per-chunk overhead dominates), and float32 for a
+            # float64 model (its rounding, ~1e-7 of the largest eigenvalue, is far below any damping)
+            low = self._objective_in("float32" if o.dtype == torch.float64 else None)
+            smallest = smallest_eigenvalue(lambda x: low.full_hvp(x, self.train, chunk_size * _PROBE_CHUNK),
+                                           o.num_params, steps, seed, low.dtype, o.device)
         return {"smallest": smallest, "ggn": ggn}
 
     def score(self, s_test: Tensor, work: list[ChunkWork], top: int) -> TopInfluence:
