@@ -55,7 +55,6 @@ class ShardedSolve:
         self.shards = product_shards(n, run.chunk_size, run.product_shards)
         self.precondition = kfac.preconditioner(factors, solver) or (lambda r: r)
         self._exact: ExactSolver | None = None
-        self.stalled = False  # float32 products stalled once: the rest of the job uses the model's dtype
         # the first batch's search directions, for the later ones
         self.space = KrylovSpace(getattr(solver, "recycle", 0), ex.infos[0]["num_params"])
 
@@ -78,14 +77,9 @@ class ShardedSolve:
         """``(C + damping I)^-1`` applied to each row of ``vectors [m, p]``, and what it cost."""
         if isinstance(self.solver, ExactConfig):
             return self.exact().solve(vectors), SolveStats.one(0, False)
-        low = low_precision(self.solver, vectors.dtype) if not self.stalled else None
+        low = low_precision(self.solver, vectors.dtype)
         apply_low = None if low is None else (lambda v: self.product(v, str(low).replace("torch.", "")))
-        x, stats = refined_cg(self.product, apply_low, self.precondition, vectors, self.solver, self.space)
-        if stats.stalled and not self.stalled:
-            self.stalled = True
-            log.info("rayif: CG's float32 products stalled above tol=%g on this curvature (their rounding is "
-                     "near the tolerance); the job's later solves use the model's dtype", self.solver.tol)
-        return x, stats
+        return refined_cg(self.product, apply_low, self.precondition, vectors, self.solver, self.space)
 
     def exact(self) -> ExactSolver:
         """The explicit curvature, built once in column blocks (each block one sharded product) and

@@ -75,16 +75,6 @@ def test_float32_products_refined_reach_a_float64_tolerance():
     assert stats.iterations > 0 and stats.solves == 1
 
 
-def test_products_too_inexact_for_the_tolerance_stall_and_finish_in_the_models_dtype():
-    """Where the cheap products' error is near ``tol`` (an ill-conditioned curvature), their CG cannot get
-    below it: the solve notices the stall, finishes with the exact products and says so in its stats."""
-    a, b = _spd(150, 1e4), _rhs(150, 12)
-    noise = torch.randn(150, 150, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 1e-5
-    x, stats = refined_cg(lambda v: v @ a, lambda v: v @ (a + noise), lambda r: r, b, CGConfig(tol=1e-6))
-    assert float(_relative_residuals(a, b, x).nan_to_num(0).max()) <= 1e-6
-    assert stats.stalled == 1
-
-
 def test_a_recycled_space_cuts_the_later_solves_passes():
     """The first solve's directions start the next from its Galerkin answer and stay conjugate to its new
     ones: fewer passes for the same tolerance, on other right-hand sides."""

@@ -29,7 +29,6 @@ from .stats import SolveStats
 _PACE = 25  # iterations over which CG's rate of convergence is measured
 _DROP = 1e-10  # search directions below this fraction of the block's largest singular value are dropped
 _RECYCLE_BYTES = 512 * 2**20  # bound on a recycled Krylov space (directions and products, float64)
-_STALL = 2  # iterations without a new low residual after which float32 products are taken to have stalled
 _REFINEMENTS = 4  # rounds of mixed-precision refinement; float32 products need one, rarely two
 
 
@@ -101,18 +100,12 @@ def refined_cg(apply: Callable[[Tensor], Tensor], apply_low: Callable[[Tensor], 
 def _refine(apply, apply_low, precondition, b: Tensor, config: CGConfig, space: KrylovSpace | None
             ) -> tuple[Tensor, SolveStats]:
     target = config.tol * (b * b).sum(1).double().sqrt()
-    x, r, stats = torch.zeros_like(b), b, SolveStats(solves=1)
-    low = apply_low
+    x, r, stats = torch.zeros_like(b), b, SolveStats()
     for _ in range(_REFINEMENTS):
-        e, st = block_cg(low, precondition, r, config, target, space, stall=low is not apply)
+        e, st = block_cg(apply_low, precondition, r, config, target, space)
         x = x + e
-        stats = SolveStats(stats.iterations + st.iterations, 0, 1, stats.stalled + st.stalled)
-        if low is apply and not st.stalled:  # its residual is the model dtype's already
-            return x, stats
-        if st.stalled:  # the float32 products' rounding is near tol on this curvature: finish in the model's dtype
-            low = apply
         r = b - apply(x)
-        stats = SolveStats(stats.iterations + 1, 0, 1, stats.stalled)
+        stats = SolveStats(stats.iterations + st.iterations + 1, 0, 1)
         worst = float(((r * r).sum(1).double().sqrt() / target.clamp_min(1e-300)).max())
         if worst <= 1:
             return x, stats
@@ -121,15 +114,13 @@ def _refine(apply, apply_low, precondition, b: Tensor, config: CGConfig, space: 
 
 
 def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor], Tensor], b: Tensor,
-             config: CGConfig, target: Tensor | None = None, space: KrylovSpace | None = None,
-             stall: bool = False) -> tuple[Tensor, SolveStats]:
+             config: CGConfig, target: Tensor | None = None, space: KrylovSpace | None = None
+             ) -> tuple[Tensor, SolveStats]:
     """``(C + lambda I)^-1 b`` for every row of ``b [m, p]``: ``apply`` is ``v [k, p] -> (C + lambda I) v``
     (one pass over the training data), ``precondition`` ``r [k, p] -> M^-1 r`` (symmetric positive definite).
     A column stops when its residual's norm is below ``target [m]`` (default ``tol * ||b||``). ``space``: a
     :class:`KrylovSpace` this solve records into (the job's first) or starts from and deflates with (the
-    later ones). ``stall``: return early, counted as ``stalled``, when the worst residual has made no new
-    low in ``_STALL`` iterations (inexact products at their rounding floor). Returns the solution and its
-    stats (``iterations``: product passes)."""
+    later ones). Returns the solution and its stats (``iterations``: product passes)."""
     cfg = config
     bb = (b * b).sum(1).double().clamp_min(1e-300)
     tt = bb * cfg.tol**2 if target is None else target.double() ** 2
@@ -145,8 +136,6 @@ def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor],
             return x, SolveStats.one(it, False)
         worst = float(((r[active] * r[active]).sum(1).double() / bb[active]).sqrt().max())
         history.append(worst)
-        if stall and len(history) > _STALL and min(history[-_STALL:]) >= min(history[:-_STALL]):
-            return x, SolveStats(it, 0, 1, 1)
         _check_pace(history, it, cfg)
         q = apply(p)
         if record:
@@ -226,6 +215,4 @@ class CGSolver:
     def solve(self, vectors: Tensor) -> Tensor:
         low = None if self._low is None else (lambda v: self._apply(v, self._low))
         x, self.stats = refined_cg(self._apply, low, self.precondition, vectors, self.config, self.space)
-        if self.stats.stalled:  # the float32 products' rounding is near tol here: the model's dtype from now on
-            self._low = None
         return x

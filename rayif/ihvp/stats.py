@@ -8,18 +8,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class SolveStats:
     """``iterations``: passes (CG) or recursion steps (LiSSA, summed over repetitions); ``capped``: solves
-    that stopped at their cap (``depth`` / ``max_iter``) before their tolerance; ``solves``: how many;
-    ``stalled``: CG solves whose float32 products stalled above the tolerance and finished in the model's
-    dtype (``CGConfig.mixed_precision``)."""
+    that stopped at their cap (``depth`` / ``max_iter``) before their tolerance; ``solves``: how many."""
 
     iterations: int = 0
     capped: int = 0
     solves: int = 0
-    stalled: int = 0
 
     def __add__(self, other: SolveStats) -> SolveStats:
-        return SolveStats(self.iterations + other.iterations, self.capped + other.capped, self.solves + other.solves,
-                          self.stalled + other.stalled)
+        return SolveStats(self.iterations + other.iterations, self.capped + other.capped, self.solves + other.solves)
 
     @classmethod
     def one(cls, iterations: int, capped: bool) -> SolveStats:
