@@ -53,6 +53,7 @@ class Objective:
         self.per_example = PerExampleGrads(self.model, self.names, self.fixed)
         self.product_paths: dict[str, str] = {}  # curvature -> the path its products take (rayif.curvature)
         self.cast_inputs = False  # a lower-precision copy (in_dtype) casts floating inputs to its dtype
+        self._copies: dict[torch.dtype, Objective] = {}  # in_dtype's copies
         self._spec: OutputSpec | None = None
         self._penalty_grad: Tensor | None = None
 
@@ -62,13 +63,18 @@ class Objective:
         return self.theta.numel()
 
     def in_dtype(self, dtype: torch.dtype) -> Objective:
-        """A copy of this replica whose parameters, buffers and floating inputs are in ``dtype``, for
-        curvature products in lower precision (``CGConfig.mixed_precision``)."""
+        """This replica with its parameters, buffers and floating inputs in ``dtype``, for curvature products
+        in lower precision (``CGConfig.mixed_precision``, auto's probe): itself in its own dtype, else a copy
+        made once and shared by every caller."""
         import copy
 
-        low = Objective(self.task, self.device, copy.deepcopy(self.model).to(dtype))
-        low.cast_inputs = True
-        return low
+        if dtype == self.dtype:
+            return self
+        if dtype not in self._copies:
+            low = Objective(self.task, self.device, copy.deepcopy(self.model).to(dtype))
+            low.cast_inputs = True
+            self._copies[dtype] = low
+        return self._copies[dtype]
 
     def fingerprint(self) -> str:
         """sha256 of the replica's weights (see :func:`rayif.task.model_fingerprint`)."""

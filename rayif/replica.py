@@ -54,7 +54,6 @@ class Replica:
         self.objective = Objective(task, device)
         self.train, self.test = train, test
         self._solvers: dict[tuple, object] = {}
-        self._low: Objective | None = None  # the replica in float32, for mixed-precision products
         self._grads: OrderedDict[tuple[int, int], Tensor] = OrderedDict()
         self._cache_bytes = int(grad_cache_mb * 2**20)
         self._cached_bytes = 0
@@ -132,12 +131,8 @@ class Replica:
         return (hv * ((stop - start) / len(self.train))).to(vectors.dtype).cpu()
 
     def _objective_in(self, dtype: str | None) -> Objective:
-        """This replica's objective, or a copy in ``dtype`` (``"float32"``), made once."""
-        if dtype is None or getattr(torch, dtype) == self.objective.dtype:
-            return self.objective
-        if self._low is None or self._low.dtype != getattr(torch, dtype):
-            self._low = self.objective.in_dtype(getattr(torch, dtype))
-        return self._low
+        """This replica's objective, or its copy in ``dtype`` (``"float32"``)."""
+        return self.objective if dtype is None else self.objective.in_dtype(getattr(torch, dtype))
 
     def _inverse(self, v: Tensor, solver: SolverConfig, scale: float | None, seed: int, repetition: int | None,
                  chunk_size: int, factors: KroneckerFactors | None) -> tuple[Tensor, SolveStats]:

@@ -23,13 +23,11 @@ from .errors import RayifError
 from .executors import Call, Executor
 from .ihvp import KroneckerFactors, SolveStats, kfac
 from .ihvp.cg import KrylovSpace, low_precision, refined_cg
-from .ihvp.exact import ExactSolver
+from .ihvp.exact import ExactSolver, explicit_matrix
 from .job_folder import FACTORS
 from .kernels import chunk_grid
 
 log = logging.getLogger("rayif")
-
-_COLUMNS = 512  # identity columns per product of the explicit matrix's build
 
 
 def product_shards(n: int, chunk_size: int, count: int) -> list[tuple[int, int]]:
@@ -87,9 +85,8 @@ class ShardedSolve:
         if self._exact is None:
             num = self.ex.infos[0]["num_params"]
             ExactSolver.check_size(num, self.solver)
-            eye = torch.eye(num, dtype=self.dtype)
-            cols = [self.curvature(eye[i : i + _COLUMNS]) for i in range(0, num, _COLUMNS)]
-            self._exact = ExactSolver.from_matrix(torch.cat(cols), self.solver, self.dtype)
+            self._exact = ExactSolver.from_matrix(explicit_matrix(self.curvature, num, self.dtype), self.solver,
+                                                  self.dtype)
         return self._exact
 
 

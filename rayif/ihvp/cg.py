@@ -9,7 +9,7 @@ block; the block's own algebra (``[k, k]`` systems and an SVD of ``[k, p]``) is 
 The search block is orthonormalised each iteration and directions its SVD finds dependent are dropped,
 the breakdown-free variant of Ji & Li (2017); converged columns leave the block, so it shrinks as
 columns finish. The iteration is a function of the product alone: where the product is summed in a fixed
-order (``rayif.runner`` sums row shards in shard order), 1 and N workers give the same bits.
+order (``rayif.sharded`` sums row shards in shard order), 1 and N workers give the same bits.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -11,15 +13,23 @@ from ..errors import IndefiniteError, RayifError
 from ..grads import Objective
 from .stats import SolveStats
 
+_COLUMNS = 512  # identity columns per product of an explicit matrix's build
+
+
+def explicit_matrix(apply: Callable[[Tensor], Tensor], p: int, dtype: torch.dtype,
+                    device: torch.device | str = "cpu") -> Tensor:
+    """The symmetric ``[p, p]`` float64 matrix of the operator ``apply: [k, p] -> [k, p]``, from its products
+    with blocks of the identity (in this process, or sharded over workers by ``rayif.sharded``)."""
+    eye = torch.eye(p, dtype=dtype, device=device)
+    h = torch.cat([apply(eye[i : i + _COLUMNS]) for i in range(0, p, _COLUMNS)]).double().cpu()
+    return (h + h.T) / 2
+
 
 def explicit_hessian(objective: Objective, train: Examples, chunk_size: int = 256, curvature: str = "hessian"
                      ) -> Tensor:
     """``[p, p]`` Hessian (or GGN) of the mean training loss, built from products with blocks of the identity."""
-    p = objective.num_params
-    eye = torch.eye(p, dtype=objective.dtype, device=objective.device)
-    cols = [objective.full_hvp(eye[i : i + 512], train, chunk_size, curvature) for i in range(0, p, 512)]
-    h = torch.cat(cols).double()
-    return (h + h.T) / 2
+    return explicit_matrix(lambda v: objective.full_hvp(v, train, chunk_size, curvature), objective.num_params,
+                           objective.dtype, objective.device)
 
 
 class ExactSolver:
@@ -31,11 +41,10 @@ class ExactSolver:
 
     @classmethod
     def from_matrix(cls, curvature: Tensor, config: ExactConfig, dtype: torch.dtype) -> ExactSolver:
-        """The solver of an explicit ``[p, p]`` curvature built elsewhere (``rayif.sharded``, in column blocks);
-        ``dtype``: the model's, which its answers take."""
+        """The solver of a symmetric ``[p, p]`` curvature built elsewhere (``rayif.sharded``, by
+        :func:`explicit_matrix`); ``dtype``: the model's, which its answers take."""
         self = cls.__new__(cls)
-        h = curvature.double()
-        self._factor((h + h.T) / 2, config, dtype)
+        self._factor(curvature.double(), config, dtype)
         return self
 
     @staticmethod
