@@ -167,19 +167,61 @@ def workers() -> list[dict]:
 
 
 def batch() -> list[dict]:
-    """The mixture's 1000 test points against its first 50 (auto, in this process): seconds per test point,
-    with the Krylov space of the first batch recycled (the default) and without."""
+    """The mixture's 1000 test points against its first 50 (auto, in this process, batches of 256): seconds
+    per test point; the later batches start from the first one's recycled Krylov space."""
     out = []
-    plain = CGConfig(tol=1e-5, recycle=0)  # what auto runs here, minus recycling
-    for points, size, cfg, label in ((TEST_POINTS, 256, AutoConfig(), "auto"), (1000, 256, AutoConfig(), "auto"),
-                                     (1000, 256, plain, "auto's CG, recycle=0"), (1000, 1000, AutoConfig(), "auto")):
+    for points in (TEST_POINTS, 1000):
         task, train, test, _, _ = workload("mixture", points)
-        _, secs, stats = solve(task, train, test, cfg, run=RunConfig(test_batch_size=size))
-        out.append({"test_points": points, "test_batch_size": size, "solver": label, "seconds": secs,
+        if not out:
+            solve(task, train, test, EKFACConfig())  # warm-up, as in run()
+        _, secs, stats = solve(task, train, test, AutoConfig(), run=RunConfig(test_batch_size=256))
+        out.append({"test_points": points, "test_batch_size": 256, "solver": "auto", "seconds": secs,
                     "per_point": secs / points, **stats})
-        print(f"mixture, {points} test points in batches of {size}, {label}: {secs:.1f}s {stats}", flush=True)
+        print(f"mixture, {points} test points in batches of 256, auto: {secs:.1f}s {stats}", flush=True)
     for r in out:
         r["per_point_vs_50"] = r["per_point"] / out[0]["per_point"]
+    return out
+
+
+def million(rows: int = 1_000_000, checked: int = 5) -> dict:
+    """The default on a ``rows``-row mixture (50 test points), and its quality for the first ``checked`` of
+    them against CG to a relative residual of 1e-8, checked in float64 (as the 100k run's exact)."""
+    task, sp = mixture_task(rows, 1000, weight_decay=1e-2)
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:TEST_POINTS], sp.y_test[:TEST_POINTS])
+    s, secs, stats = solve(task, train, test, AutoConfig())
+    print(f"mixture {rows} rows, auto: {secs:.1f}s {stats}", flush=True)
+    reference = CGConfig(tol=1e-8, max_iter=2000, recycle=0)  # as the 100k run's exact: float64 residual checks
+    ref, ref_secs, ref_stats = solve(task, train, (test[0][:checked], test[1][:checked]), reference)
+    print(f"mixture {rows} rows, reference for {checked} test points: {ref_secs:.1f}s {ref_stats}", flush=True)
+    exact, got = influence(task, train, [ref, s[:checked]])
+    return {"rows": rows, "seconds": secs, **stats, "reference_seconds": ref_secs,
+            "reference_iterations": ref_stats["iterations"], "checked_test_points": checked, **quality(exact, got)}
+
+
+def _peak_rss(which: str) -> float:
+    """Peak RSS (MiB) of a fresh process that runs ``which`` on the 100k mixture: ``"rayif"`` (auto, in
+    this process: driver and worker in one) or ``"kronfluence"``."""
+    task, train, test, _, _ = workload("mixture")
+    if which == "rayif":
+        solve(task, train, test, AutoConfig())
+    else:
+        _kronfluence.influence(task.model_factory(), train, test, task.weight_decay + DAMPING, None)
+    return peak_rss_mib()
+
+
+def memory() -> list[dict]:
+    """rayif's default and kronfluence on the 100k mixture, each in its own fresh process: peak RSS."""
+    import multiprocessing as mp
+
+    out = []
+    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        for which in ("rayif", "kronfluence"):
+            if which == "kronfluence" and not _kronfluence.AVAILABLE:
+                continue
+            out.append({"what": which, "peak_rss_mib": pool.apply(_peak_rss, (which,))})
+            print(f"mixture, peak RSS of {which}: {out[-1]['peak_rss_mib']:.0f} MiB", flush=True)
+    for r in out:
+        r["vs_kronfluence"] = r["peak_rss_mib"] / out[-1]["peak_rss_mib"]
     return out
 
 
@@ -216,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="default: mixture cnn transformer (none: only the workers and batch sections)")
     ap.add_argument("--no-workers", action="store_true", help="skip the 1 vs 2 Ray workers section")
     ap.add_argument("--no-batch", action="store_true", help="skip the 1000 test points section")
+    ap.add_argument("--million", action="store_true", help="also the 1M-row mixture at the default (~30 min)")
+    ap.add_argument("--memory", action="store_true", help="also peak RSS against kronfluence (fresh processes)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/solvers.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -239,6 +283,16 @@ def main(argv: list[str] | None = None) -> None:
                     [("test_points", "test points", "d"), ("test_batch_size", "batch", "d"), ("solver", "solver", "s"),
                      ("seconds", "s", ".1f"), ("per_point", "s / point", ".3f"),
                      ("per_point_vs_50", "x 50-point run", ".2f"), ("iterations", "passes", "d")])
+    if args.memory:
+        out["memory"] = memory()
+        print_table("peak RSS on the 100k mixture, each in a fresh process", out["memory"],
+                    [("what", "what", "s"), ("peak_rss_mib", "MiB", ".0f"), ("vs_kronfluence", "x kronfluence", ".2f")])
+    if args.million:
+        out["million"] = [million()]
+        print_table("the default on 1M mixture rows", out["million"],
+                    [("rows", "rows", "d"), ("seconds", "s", ".1f"), ("iterations", "passes", "d"),
+                     ("chosen", "chosen", "s"), ("pearson", "Pearson", ".4f"), ("spearman", "Spearman", ".4f"),
+                     ("top10", "top-10", ".1f"), ("reference_seconds", "reference s", ".1f")])
     name = "solvers" if args.workloads is None else "solvers_" + ("_".join(args.workloads) or "sections")
     write_json(name, out, args.out)
 

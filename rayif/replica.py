@@ -22,7 +22,6 @@ from .data import Examples
 from .errors import RayifError
 from .grads import Objective, require_finite_vectors
 from .ihvp import KroneckerFactors, SolveStats, estimate_scale, kfac, lissa_repetition, make_solver
-from .ihvp.lanczos import smallest_eigenvalue
 from .kernels import ChunkWork, TopInfluence, influence_from_grads
 from .task import Task
 
@@ -40,9 +39,6 @@ def pick_device(want_gpu: bool, gpu_ids: list | None = None) -> tuple[str, str |
     return "cpu", (f"GPU(s) {gpu_ids if gpu_ids is not None else '(this process)'} were asked for but torch "
                    f"sees no CUDA device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): "
                    "falling back to CPU")
-
-
-_PROBE_CHUNK = 8  # the definiteness probe's chunks, in RunConfig.chunk_size units
 
 
 class Replica:
@@ -150,25 +146,14 @@ class Replica:
                                              factors=factors)
         return self._solvers[key]
 
-    def probe(self, solver: SolverConfig, steps: int, seed: int, chunk_size: int) -> dict:
-        """What ``solver="auto"`` checks before its first solve: ``smallest``, the smallest eigenvalue of the
-        Hessian after ``steps`` Lanczos iterations (``None`` when not checked; the exact solve and CG check
-        again as they solve), and ``ggn``, why the loss cannot be split at one model output (``None`` when it
-        can)."""
-        o = self.objective
+    def ggn_problem(self) -> str | None:
+        """Why the loss cannot be split at one model output (no Gauss-Newton curvature, no Kronecker
+        factors), or ``None`` when it can: part of ``solver="auto"``'s check before its first solve."""
         try:
-            o.output_spec(self.train.take(slice(0, 2)).to(self.device).batch)
-            ggn = None
+            self.objective.output_spec(self.train.take(slice(0, 2)).to(self.device).batch)
         except RayifError as e:
-            ggn = str(e)
-        smallest = None
-        if solver.curvature == "hessian" and steps:
-            # single-vector products: larger chunks (the per-chunk overhead dominates), and float32 for a
-            # float64 model (its rounding, ~1e-7 of the largest eigenvalue, is far below any damping)
-            low = self._objective_in("float32" if o.dtype == torch.float64 else None)
-            smallest = smallest_eigenvalue(lambda x: low.full_hvp(x, self.train, chunk_size * _PROBE_CHUNK),
-                                           o.num_params, steps, seed, low.dtype, o.device)
-        return {"smallest": smallest, "ggn": ggn}
+            return str(e)
+        return None
 
     def score(self, s_test: Tensor, work: list[ChunkWork], top: int) -> TopInfluence:
         """Top influences over the chunks in ``work`` (every row, or only the candidate pairs)."""

@@ -37,7 +37,7 @@ from .kernels import TopInfluence, candidate_plan, candidate_positions, chunk_gr
 from .progress import Progress
 from .replica import check_ranges
 from .results import GROUP_TEST_ID, SELF_INFLUENCE_SCHEMA, ranked_table, with_metadata
-from .sharded import ShardedSolve, load_or_fit_factors, test_vectors
+from .sharded import ShardedSolve, load_or_fit_factors, smallest_hessian_eigenvalue, test_vectors
 
 log = logging.getLogger("rayif")
 
@@ -112,8 +112,11 @@ class Runner:
         (self.grad_path,) = self.ex.map([Call("grad_path")])
         if isinstance(self.job.solver, AutoConfig):
             steps = self.job.solver.lanczos_steps
-            (probe,) = self.ex.map([Call("probe", (self.solver, steps, self.job.seed, self.run.chunk_size))])
-            self.auto.check(probe)
+            (ggn,) = self.ex.map([Call("ggn_problem")])
+            smallest = None  # the exact solve and CG check again as they solve
+            if self.solver.curvature == "hessian" and steps:
+                smallest = smallest_hessian_eigenvalue(self.ex, len(self.job.train), self.run, steps, self.job.seed)
+            self.auto.check({"ggn": ggn, "smallest": smallest})
         self._lap("settle")
 
     def _fall_back(self, error: RayifError) -> None:
@@ -211,7 +214,8 @@ class Runner:
         if self._sharded is None or self._sharded.solver != self.solver:
             factors = self._factor_values if self.factors() is not None else None
             dtype = getattr(torch, self.ex.infos[0]["dtype"])
-            self._sharded = ShardedSolve(self.ex, len(self.job.train), self.run, self.solver, factors, dtype)
+            self._sharded = ShardedSolve(self.ex, len(self.job.train), self.run, self.solver, factors, dtype,
+                                         later=len(self._batches()) > 1)
         out = []
         for rows in batches:
             s, stats = self._sharded.solve(test_vectors(self.ex, rows, self.job.group, self.run.solve_block))

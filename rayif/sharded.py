@@ -24,10 +24,13 @@ from .executors import Call, Executor
 from .ihvp import KroneckerFactors, SolveStats, kfac
 from .ihvp.cg import KrylovSpace, low_precision, refined_cg
 from .ihvp.exact import ExactSolver, explicit_matrix
+from .ihvp.lanczos import smallest_eigenvalue
 from .job_folder import FACTORS
 from .kernels import chunk_grid
 
 log = logging.getLogger("rayif")
+
+_PROBE_CHUNK = 8  # the definiteness probe's chunks, in RunConfig.chunk_size units
 
 
 def product_shards(n: int, chunk_size: int, count: int) -> list[tuple[int, int]]:
@@ -35,6 +38,33 @@ def product_shards(n: int, chunk_size: int, count: int) -> list[tuple[int, int]]
     chunks = math.ceil(n / chunk_size)
     rows = math.ceil(chunks / count) * chunk_size
     return [(s, min(s + rows, n)) for s in range(0, n, rows)]
+
+
+def sharded_product(ex: Executor, shards: list[tuple[int, int]], vectors: Tensor, curvature: str, chunk_size: int,
+                    dtype: str | None = None) -> Tensor:
+    """The full-data ``curvature`` times each row of ``vectors [m, p]``: each of ``shards``' share on any
+    worker (``Replica.product``), summed in shard order."""
+    ref = ex.put(vectors)
+    parts = ex.map([Call("product", (ref, a, b, curvature, chunk_size, dtype)) for a, b in shards])
+    out = parts[0]
+    for part in parts[1:]:
+        out = out + part
+    return out
+
+
+def smallest_hessian_eigenvalue(ex: Executor, n: int, run: RunConfig, steps: int, seed: int) -> float:
+    """``solver="auto"``'s definiteness probe: ``steps`` Lanczos iterations on the driver
+    (:func:`~rayif.ihvp.lanczos.smallest_eigenvalue`), each single-vector Hessian product sharded over every
+    worker. The products run on chunks ``_PROBE_CHUNK`` times larger (one vector's per-chunk overhead
+    dominates) and in float32 for a float64 model (its rounding, ~1e-7 of the largest eigenvalue, is far below
+    any damping)."""
+    model = getattr(torch, ex.infos[0]["dtype"])
+    low = torch.float32 if model == torch.float64 else model
+    chunk = run.chunk_size * _PROBE_CHUNK
+    shards = product_shards(n, chunk, run.product_shards)
+    name = str(low).replace("torch.", "") if low != model else None
+    return smallest_eigenvalue(lambda v: sharded_product(ex, shards, v, "hessian", chunk, name),
+                               ex.infos[0]["num_params"], steps, seed, low)
 
 
 class ShardedSolve:
@@ -45,27 +75,23 @@ class ShardedSolve:
         solver: a :class:`CGConfig` or :class:`ExactConfig`.
         factors: the fitted Kronecker factors when ``solver`` asks for a preconditioner (on the driver).
         dtype: the model's dtype.
+        later: whether more than one solve follows (a job of several test batches): only then does CG keep
+            its first solve's Krylov space (``CGConfig.recycle``) for the others.
     """
 
     def __init__(self, ex: Executor, n: int, run: RunConfig, solver: CGConfig | ExactConfig,
-                 factors: KroneckerFactors | None, dtype: torch.dtype):
+                 factors: KroneckerFactors | None, dtype: torch.dtype, later: bool = True):
         self.ex, self.run, self.solver, self.dtype = ex, run, solver, dtype
         self.shards = product_shards(n, run.chunk_size, run.product_shards)
         self.precondition = kfac.preconditioner(factors, solver) or (lambda r: r)
         self._exact: ExactSolver | None = None
         # the first batch's search directions, for the later ones
-        self.space = KrylovSpace(getattr(solver, "recycle", 0), ex.infos[0]["num_params"])
+        self.space = KrylovSpace(getattr(solver, "recycle", 0) if later else 0, ex.infos[0]["num_params"])
 
     def curvature(self, vectors: Tensor, dtype: str | None = None) -> Tensor:
         """``C v`` for each row of ``vectors [m, p]``: one pass over the training data, its shards on any
         worker, summed in shard order. ``dtype``: the products' (e.g. ``"float32"``; default the model's)."""
-        ref = self.ex.put(vectors)
-        parts = self.ex.map([Call("product", (ref, a, b, self.solver.curvature, self.run.chunk_size, dtype))
-                             for a, b in self.shards])
-        out = parts[0]
-        for part in parts[1:]:
-            out = out + part
-        return out
+        return sharded_product(self.ex, self.shards, vectors, self.solver.curvature, self.run.chunk_size, dtype)
 
     def product(self, vectors: Tensor, dtype: str | None = None) -> Tensor:
         """``(C + damping I) v``, as :meth:`curvature`."""

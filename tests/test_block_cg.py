@@ -91,6 +91,13 @@ def test_a_recycled_space_cuts_the_later_solves_passes():
     low = lambda v: (v.float() @ a.float()).double()  # noqa: E731
     x, _ = refined_cg(lambda v: v @ a, low, lambda r: r, b, cfg, space)  # and under mixed precision
     assert float(_relative_residuals(a, b, x).nan_to_num(0).max()) <= 1e-6
+    # a space spanning most but not all of R^p: float32 rounding leaves the residual a part in its span that
+    # deflated directions cannot reduce; CG must remove it (it stalled at 7e-5 here before)
+    partial = KrylovSpace(280, 300)
+    refined_cg(lambda v: v @ a, None, lambda r: r, _rhs(300, 20, seed=1), cfg, partial)
+    assert 200 < len(partial.w) < 300
+    x, _ = refined_cg(lambda v: v @ a, low, lambda r: r, b, cfg, partial)
+    assert float(_relative_residuals(a, b, x).nan_to_num(0).max()) <= 1e-6
 
 
 def test_product_shards_cover_the_rows_in_whole_chunks():

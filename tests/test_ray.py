@@ -11,7 +11,7 @@ import ray
 import torch
 
 import rayif
-from rayif import CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig, ScalingConfig
+from rayif import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig, ScalingConfig
 from rayif.data import as_examples
 from rayif.executors.ray import RayExecutor
 from rayif.results import metadata
@@ -104,11 +104,11 @@ def test_kronecker_factors_are_fitted_across_workers_and_equal_in_process(ray_lo
 
 
 def test_one_solve_runs_on_every_worker_with_the_same_bits_on_one_or_two(ray_local, data):
-    """CG's products and the explicit matrix's columns are row shards any worker computes, summed on the
-    driver in shard order: two workers share one solve and give one worker's bits."""
+    """CG's products, the explicit matrix's columns and auto's Lanczos probe are row shards any worker
+    computes, summed on the driver in shard order: two workers share one solve and give one worker's bits."""
     task, train, test = data
     run = RunConfig(chunk_size=64, test_batch_size=8)  # 16 shards of 64 rows: both workers get some
-    for solver in (CGConfig(), ExactConfig()):
+    for solver in (CGConfig(), ExactConfig(), AutoConfig()):
         one = rayif.explain(task, train, test, top=5, solver=solver, run_config=run,
                             scaling_config=ScalingConfig(num_workers=1, resources_per_worker=HALF_CPU))
         two = rayif.explain(task, train, test, top=5, solver=solver, run_config=run,
@@ -117,6 +117,9 @@ def test_one_solve_runs_on_every_worker_with_the_same_bits_on_one_or_two(ray_loc
         busy = _job(two)["worker_busy"]
         assert all(b.get("product", 0) > 0 for b in busy), busy
         _same(rayif.explain(task, train, test, top=5, solver=solver, run_config=run), one, rtol=1e-6)
+        if isinstance(solver, AutoConfig):  # the probe's smallest eigenvalue, to the bit
+            low = [metadata(t)["solver_choice"]["smallest_hessian_eigenvalue"] for t in (one, two)]
+            assert low[0] is not None and low[0] == low[1], low
 
 
 def test_exact_solver_and_candidate_ids_on_ray(ray_local, data):

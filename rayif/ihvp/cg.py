@@ -36,10 +36,11 @@ class KrylovSpace:
     """Search directions ``W`` of a job's first solve and their products ``A W``, recycled by the later ones
     (deflated CG, Saad et al. 2000): a later solve starts from its Galerkin answer in ``span(W)`` and keeps
     its own directions ``A``-conjugate to ``W``, so the curvature directions the first solve found are not
-    searched again. ``limit``: directions kept, at most ``_RECYCLE_BYTES`` of them and their products."""
+    searched again. ``limit``: directions kept, at most ``p`` (more are dependent) and at most
+    ``_RECYCLE_BYTES`` of them and their products."""
 
     def __init__(self, limit: int, p: int):
-        self.limit, self._w, self._aw = min(limit, _RECYCLE_BYTES // (16 * max(1, p))), [], []
+        self.limit, self._w, self._aw = min(limit, p, _RECYCLE_BYTES // (16 * max(1, p))), [], []
         self.w: Tensor | None = None  # [K, p] once frozen, A-orthonormal
         self.aw: Tensor | None = None
 
@@ -150,6 +151,9 @@ def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor],
         alpha = torch.cholesky_solve(p.double() @ r[active].double().T, chol)  # [k, a]
         x[active] += (alpha.T @ p.double()).to(x.dtype)
         r[active] -= (alpha.T @ q.double()).to(r.dtype)
+        if deflate:  # rounding in q leaves r a part in span(W) that directions kept out of it cannot reduce
+            dx, r[active] = space.start(r[active])
+            x[active] += dx
         still = (r[active] * r[active]).sum(1).double() > tt[active]
         active = active[still]
         if not len(active):
