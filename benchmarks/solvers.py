@@ -59,7 +59,8 @@ def solve(task, train, test, solver, scaling=None, run=None) -> tuple[torch.Tens
     with make_executor(task, job.train, job.test, scaling, job.run) as ex:
         runner = Runner(job, ex)
         s = runner.s_test_all()
-    return s, time.perf_counter() - t0, {**vars(runner.stats), "chosen": runner.choice["chosen"]}
+    return s, time.perf_counter() - t0, {**vars(runner.stats), "chosen": runner.choice["chosen"],
+                                         "curvature": runner.choice["curvature"]}
 
 
 def influence(task, train, s_tests: list[torch.Tensor], chunk: int = 2048) -> list[np.ndarray]:
@@ -185,12 +186,13 @@ def batch() -> list[dict]:
 
 def million(rows: int = 1_000_000, checked: int = 5) -> dict:
     """The default on a ``rows``-row mixture (50 test points), and its quality for the first ``checked`` of
-    them against CG to a relative residual of 1e-8, checked in float64 (as the 100k run's exact)."""
+    them against CG to a relative residual of 1e-8, checked in float64 (as the 100k run's exact), with the
+    curvature ``auto`` answered with (the Gauss-Newton one where it found the Hessian indefinite)."""
     task, sp = mixture_task(rows, 1000, weight_decay=1e-2)
     train, test = (sp.x_train, sp.y_train), (sp.x_test[:TEST_POINTS], sp.y_test[:TEST_POINTS])
     s, secs, stats = solve(task, train, test, AutoConfig())
     print(f"mixture {rows} rows, auto: {secs:.1f}s {stats}", flush=True)
-    reference = CGConfig(tol=1e-8, max_iter=2000, recycle=0)  # as the 100k run's exact: float64 residual checks
+    reference = CGConfig(curvature=stats["curvature"], tol=1e-8, max_iter=2000, recycle=0)
     ref, ref_secs, ref_stats = solve(task, train, (test[0][:checked], test[1][:checked]), reference)
     print(f"mixture {rows} rows, reference for {checked} test points: {ref_secs:.1f}s {ref_stats}", flush=True)
     exact, got = influence(task, train, [ref, s[:checked]])
@@ -198,10 +200,14 @@ def million(rows: int = 1_000_000, checked: int = 5) -> dict:
             "reference_iterations": ref_stats["iterations"], "checked_test_points": checked, **quality(exact, got)}
 
 
-def _peak_rss(which: str) -> float:
-    """Peak RSS (MiB) of a fresh process that runs ``which`` on the 100k mixture: ``"rayif"`` (auto, in
-    this process: driver and worker in one) or ``"kronfluence"``."""
-    task, train, test, _, _ = workload("mixture")
+def _peak_rss(which: str, path: str) -> float:
+    """Peak RSS (MiB) of a fresh process that loads the 100k mixture's trained task and data from ``path``
+    and runs ``which`` on them: ``"rayif"`` (auto, in this process: driver and worker in one) or
+    ``"kronfluence"``."""
+    import cloudpickle
+
+    with open(path, "rb") as f:
+        task, train, test = cloudpickle.load(f)
     if which == "rayif":
         solve(task, train, test, AutoConfig())
     else:
@@ -210,15 +216,23 @@ def _peak_rss(which: str) -> float:
 
 
 def memory() -> list[dict]:
-    """rayif's default and kronfluence on the 100k mixture, each in its own fresh process: peak RSS."""
+    """rayif's default and kronfluence on the 100k mixture, each in its own fresh process: peak RSS. The
+    model is trained here once (full-batch training would set both processes' peak)."""
     import multiprocessing as mp
+    import tempfile
 
+    import cloudpickle
+
+    task, train, test, _, _ = workload("mixture")
     out = []
-    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+    with tempfile.TemporaryDirectory() as tmp, mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        path = str(Path(tmp) / "mixture.pkl")
+        with open(path, "wb") as f:
+            cloudpickle.dump((task, train, test), f)
         for which in ("rayif", "kronfluence"):
             if which == "kronfluence" and not _kronfluence.AVAILABLE:
                 continue
-            out.append({"what": which, "peak_rss_mib": pool.apply(_peak_rss, (which,))})
+            out.append({"what": which, "peak_rss_mib": pool.apply(_peak_rss, (which, path))})
             print(f"mixture, peak RSS of {which}: {out[-1]['peak_rss_mib']:.0f} MiB", flush=True)
     for r in out:
         r["vs_kronfluence"] = r["peak_rss_mib"] / out[-1]["peak_rss_mib"]
@@ -291,8 +305,9 @@ def main(argv: list[str] | None = None) -> None:
         out["million"] = [million()]
         print_table("the default on 1M mixture rows", out["million"],
                     [("rows", "rows", "d"), ("seconds", "s", ".1f"), ("iterations", "passes", "d"),
-                     ("chosen", "chosen", "s"), ("pearson", "Pearson", ".4f"), ("spearman", "Spearman", ".4f"),
-                     ("top10", "top-10", ".1f"), ("reference_seconds", "reference s", ".1f")])
+                     ("chosen", "chosen", "s"), ("curvature", "curvature", "s"), ("pearson", "Pearson", ".4f"),
+                     ("spearman", "Spearman", ".4f"), ("top10", "top-10", ".1f"),
+                     ("reference_seconds", "reference s", ".1f")])
     name = "solvers" if args.workloads is None else "solvers_" + ("_".join(args.workloads) or "sections")
     write_json(name, out, args.out)
 
