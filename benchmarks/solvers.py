@@ -42,10 +42,11 @@ from rayif.executors import make_executor
 from rayif.grads import Objective
 from rayif.mixture import mixture_task
 from rayif.runner import Runner
+from rayif.task import model_fingerprint
 from rayif.tokens import TOP_LAYERS, make_tokens, token_task
 
 from . import _kronfluence
-from ._common import peak_rss_mib, print_table, write_json
+from ._common import RESULTS, peak_rss_mib, print_table, write_json
 
 TEST_POINTS = 50
 DAMPING = AutoConfig().damping
@@ -60,7 +61,8 @@ def solve(task, train, test, solver, scaling=None, run=None) -> tuple[torch.Tens
         runner = Runner(job, ex)
         s = runner.s_test_all()
     return s, time.perf_counter() - t0, {**vars(runner.stats), "chosen": runner.choice["chosen"],
-                                         "curvature": runner.choice["curvature"]}
+                                         "curvature": runner.choice["curvature"], "reason": runner.choice["reason"],
+                                         "probe": runner.choice.get("smallest_hessian_eigenvalue")}
 
 
 def influence(task, train, s_tests: list[torch.Tensor], chunk: int = 2048) -> list[np.ndarray]:
@@ -187,14 +189,25 @@ def batch() -> list[dict]:
 def million(rows: int = 1_000_000, checked: int = 5) -> dict:
     """The default on a ``rows``-row mixture (50 test points), and its quality for the first ``checked`` of
     them against CG to a relative residual of 1e-8, checked in float64 (as the 100k run's exact), with the
-    curvature ``auto`` answered with (the Gauss-Newton one where it found the Hessian indefinite)."""
+    curvature ``auto`` answered with (the Gauss-Newton one where it found the Hessian indefinite). The
+    reference takes longer than the default: it is kept in ``benchmarks/results/``, named by the model's
+    weights, the curvature and the rows, and reused by a later run that asks the same question."""
     task, sp = mixture_task(rows, 1000, weight_decay=1e-2)
     train, test = (sp.x_train, sp.y_train), (sp.x_test[:TEST_POINTS], sp.y_test[:TEST_POINTS])
     s, secs, stats = solve(task, train, test, AutoConfig())
     print(f"mixture {rows} rows, auto: {secs:.1f}s {stats}", flush=True)
-    reference = CGConfig(curvature=stats["curvature"], tol=1e-8, max_iter=2000, recycle=0)
-    ref, ref_secs, ref_stats = solve(task, train, (test[0][:checked], test[1][:checked]), reference)
-    print(f"mixture {rows} rows, reference for {checked} test points: {ref_secs:.1f}s {ref_stats}", flush=True)
+    weights = model_fingerprint(task.model_factory())[:16]
+    saved = RESULTS / f"million_reference_{rows}_{checked}_{stats['curvature']}_{weights}.pt"
+    if saved.exists():
+        kept = torch.load(saved, weights_only=False)
+        ref, ref_secs, ref_stats = kept["reference"], kept["seconds"], kept["stats"]
+        print(f"mixture {rows} rows, reference for {checked} test points: kept in {saved} ({ref_secs:.1f}s)")
+    else:
+        reference = CGConfig(curvature=stats["curvature"], tol=1e-8, max_iter=2000, recycle=0)
+        ref, ref_secs, ref_stats = solve(task, train, (test[0][:checked], test[1][:checked]), reference)
+        print(f"mixture {rows} rows, reference for {checked} test points: {ref_secs:.1f}s {ref_stats}", flush=True)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"reference": ref, "seconds": ref_secs, "stats": ref_stats}, saved)
     exact, got = influence(task, train, [ref, s[:checked]])
     return {"rows": rows, "seconds": secs, **stats, "reference_seconds": ref_secs,
             "reference_iterations": ref_stats["iterations"], "checked_test_points": checked, **quality(exact, got)}
