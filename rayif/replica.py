@@ -30,6 +30,11 @@ log = logging.getLogger("rayif")
 _CHECK_ROWS = 4096
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """How a dtype travels to and from replicas (``"float32"``; back with ``getattr(torch, name)``)."""
+    return str(dtype).replace("torch.", "")
+
+
 def pick_device(want_gpu: bool, gpu_ids: list | None = None) -> tuple[str, str | None]:
     """``(device, why_not_gpu)``: cuda when asked for and visible, else cpu and the reason."""
     if not want_gpu:
@@ -68,7 +73,7 @@ class Replica:
     def info(self) -> dict:
         o = self.objective
         return {"pid": os.getpid(), "device": self.device, "num_params": o.num_params,
-                "dtype": str(o.dtype).replace("torch.", ""), "model_fingerprint": o.fingerprint(),
+                "dtype": dtype_name(o.dtype), "model_fingerprint": o.fingerprint(),
                 "params_sha256": hashlib.sha256("\n".join(o.names).encode()).hexdigest()}
 
     # --- units ------------------------------------------------------------------------------------

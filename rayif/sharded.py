@@ -27,6 +27,7 @@ from .ihvp.exact import ExactSolver, explicit_matrix
 from .ihvp.lanczos import smallest_eigenvalue
 from .job_folder import FACTORS
 from .kernels import chunk_grid
+from .replica import dtype_name
 
 log = logging.getLogger("rayif")
 
@@ -62,13 +63,9 @@ def smallest_hessian_eigenvalue(ex: Executor, n: int, run: RunConfig, steps: int
     low = torch.float32 if model == torch.float64 else model
     chunk = run.chunk_size * _PROBE_CHUNK
     shards = product_shards(n, chunk, run.product_shards)
-    name = _dtype_name(low) if low != model else None
+    name = dtype_name(low) if low != model else None
     return smallest_eigenvalue(lambda v: sharded_product(ex, shards, v, "hessian", chunk, name),
                                ex.infos[0]["num_params"], steps, seed, low)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 class ShardedSolve:
@@ -106,7 +103,7 @@ class ShardedSolve:
         if isinstance(self.solver, ExactConfig):
             return self.exact().solve(vectors), SolveStats.one(0, False)
         low = low_precision(self.solver, vectors.dtype)
-        apply_low = None if low is None else (lambda v: self.product(v, _dtype_name(low)))
+        apply_low = None if low is None else (lambda v: self.product(v, dtype_name(low)))
         return refined_cg(self.product, apply_low, self.precondition, vectors, self.solver, self.space)
 
     def exact(self) -> ExactSolver:

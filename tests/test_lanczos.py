@@ -10,7 +10,7 @@ P, DAMPING, STEPS = 400, 1e-3, 20
 
 
 def _curvature(negative: float) -> torch.Tensor:
-    """A curvature like a network's: eigenvalues over ~3e-6..10, denser at the small end, and one ``negative``."""
+    """A curvature like a network's: eigenvalues over 1e-5..10, denser at the small end, and one ``negative``."""
     gen = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(P, P, generator=gen, dtype=torch.float64))
     spectrum = torch.cat([torch.tensor([negative], dtype=torch.float64),
