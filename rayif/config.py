@@ -338,7 +338,8 @@ class RunConfig:
         test_batch_size: test points per batch; they share every sampled LiSSA batch and one pass of
             gradients over the candidates.
         chunk_size: training examples per block of per-example gradients (memory: ``chunk_size * p``
-            floats per worker at a time).
+            floats per worker at a time). Full-data curvature products of a narrow model run on up to 8x
+            larger chunks (:meth:`rayif.grads.Objective.product_rows`).
         solve_block: test vectors per work unit that computes test gradients (and per LiSSA-free solve of
             ``self_influence``): a test batch splits into blocks of this many so every worker has work.
             Fixed, not derived from the worker count, so 1 and N workers give bit-identical results.

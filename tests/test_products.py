@@ -239,3 +239,41 @@ def test_float32_products_match_float64():
         want = obj64.product(v, (x, y), curvature)
         got = obj32.product(v.float(), (x.float(), y), curvature)
         assert np.allclose(got.double().numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_full_data_products_take_larger_chunks_only_where_activations_are_narrow(mlp, monkeypatch):
+    """The row chunk of a full-data product grows with a narrow model and few vectors, never past what the
+    widest activation allows, and the sum is the 256-row chunks' sum to rounding; a module whose own work no
+    hook sees (parameters and children) keeps the chunk size."""
+    task, sp = mlp
+    obj = Objective(task)
+    train = rayif.data.as_examples((sp.x_train, sp.y_train))
+    assert obj.widest(train) == 64  # the digits' 64 pixels; the hidden layer is 32
+    assert [obj.product_rows(m, 256, train) for m in (1, 50, 64)] == [2048, 1024, 1024]
+    assert obj.product_rows(65, 256, train) == 512  # one more vector: 1024 rows would pass 2**22 values
+    seen = []
+    real = Objective.product
+
+    def spy(self, vectors, batch, curvature="hessian"):
+        seen.append(len(batch[0]))
+        return real(self, vectors, batch, curvature)
+
+    v = torch.randn(50, obj.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(Objective, "product", spy)
+    got = obj.full_hvp(v, train, 256)
+    assert seen == [1000]  # one chunk for the 1000 rows
+    seen.clear()
+    want = sum(obj.product(v, c.batch) * (len(c) / len(train)) for c in train.chunks(256))
+    assert seen == [256, 256, 256, 232]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+    class Owner(nn.Module):  # a parameter of its own beside a child: its internals could be wide
+        def __init__(self):
+            super().__init__()
+            self.w, self.head = nn.Parameter(torch.randn(64, 64, dtype=torch.float64)), nn.Linear(64, 10).double()
+
+        def forward(self, x):
+            return self.head(torch.tanh(x @ self.w))
+
+    owner = Objective(rayif.Task(lambda: Owner(), loss=digits.cross_entropy))
+    assert owner.widest(train) == 0 and owner.product_rows(1, 256, train) == 256

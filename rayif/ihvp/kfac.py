@@ -187,8 +187,8 @@ def covariance_sums(objective: Objective, examples: Examples) -> dict:
     first = True
     for acts, grads, dg in _pseudo_gradients(objective, examples, blocks, diag):
         for i, (a, g) in enumerate(zip(acts, grads, strict=True)):
-            if first:
-                a_sum[i] += (torch.einsum("bti,btj->bij", a, a) / a.shape[1]).sum(0).double().cpu()
+            if first:  # each example's tokens weigh 1/T together
+                a_sum[i] += (torch.einsum("bti,btj->ij", a, a) / a.shape[1]).double().cpu()
             s_sum[i] += torch.einsum("bto,btq->oq", g, g).double().cpu()
         if dg is not None:
             d_sum += (dg * dg).sum(0).double().cpu()
@@ -202,10 +202,23 @@ def eigen_sums(objective: Objective, examples: Examples, qa: list[Tensor], qs: l
     out = [torch.zeros(blk.d_out, blk.d_in1, dtype=torch.float64) for blk in blocks]
     qa = [q.to(objective.device, objective.dtype) for q in qa]
     qs = [q.to(objective.device, objective.dtype) for q in qs]
+    # a block that sees one token per example (a Linear on flat inputs) has rank-one pseudo-gradients
+    # (g q_S)(a q_A)^T, whose squares sum over examples as one matrix product of the squared factors; summed
+    # over the output-Hessian columns first, as a does not depend on them. Forming [b, d_out, d_in] per column
+    # instead cost ~10x the covariance pass on the mixture MLP (all of it elementwise multiplication).
+    squares: list[Tensor | None] = [None] * len(blocks)
+    acts = []
     for acts, grads, _ in _pseudo_gradients(objective, examples, blocks, diag[:0]):
         for i, (a, g) in enumerate(zip(acts, grads, strict=True)):
-            m = torch.einsum("bto,bti->boi", g @ qs[i], a @ qa[i])
-            out[i] += (m * m).sum(0).double().cpu()
+            if a.shape[1] == 1:
+                sq = (g[:, 0] @ qs[i]).square()
+                squares[i] = sq if squares[i] is None else squares[i] + sq
+            else:
+                m = torch.einsum("bto,bti->boi", g @ qs[i], a @ qa[i])
+                out[i] += (m * m).sum(0).double().cpu()
+    for i, sq in enumerate(squares):
+        if sq is not None:
+            out[i] += (sq.T @ (acts[i][:, 0] @ qa[i]).square()).double().cpu()
     return out
 
 
