@@ -21,7 +21,9 @@ and Spearman over test points, and the mean number of the exact top-10 harmful i
 kronfluence (the ``bench`` extra; EK-FAC of the Fisher over its tracked ``nn.Linear`` / ``nn.Conv2d``) runs
 in the same process with the same damping. ``--workers``: one auto solve of the mixture on 1 and on 2 Ray
 workers (one CPU each), bit-identical. ``--batch``: 1000 test points of the mixture against the 50-point run,
-per test point. The frontier (seconds against Spearman) is drawn to ``benchmarks/img/solvers_frontier.png``.
+per test point; ``--batch32``: the same in float32, auto against CG. ``--self-influence``: every row's
+self-influence on the mixture at the default, against the per-chunk CG that 0.9.2's default ran for it.
+The frontier (seconds against Spearman) is drawn to ``benchmarks/img/solvers_frontier.png``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 import scipy.stats as st
 import torch
 
+import rayif
 from rayif import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, RunConfig, ScalingConfig
 from rayif.api import task_examples, test_job
 from rayif.digits import digits_task, load_digits_split
@@ -186,6 +189,26 @@ def batch() -> list[dict]:
     return out
 
 
+def batch32(points: int = 1000, checked: int = 10) -> list[dict]:
+    """The mixture trained in float32, ``points`` test points in batches of 256: auto (which takes the explicit
+    matrix for this many right-hand sides since 0.9.3) against CG with recycling (its choice before), and the
+    influence of every training row for the first ``checked`` test points, one against the other."""
+    task, sp = mixture_task(100_000, 1000, weight_decay=1e-2, dtype=torch.float32)
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:points], sp.y_test[:points])
+    solve(task, train, (test[0][:TEST_POINTS], test[1][:TEST_POINTS]), EKFACConfig())  # warm-up
+    out, s_tests = [], []
+    for label, cfg in (("CG + EK-FAC, recycled (0.9.2's choice)", CGConfig(tol=1e-5)), ("auto", AutoConfig())):
+        s, secs, stats = solve(task, train, test, cfg, run=RunConfig(test_batch_size=256))
+        s_tests.append(s[:checked])
+        out.append({"solver": label, "test_points": points, "seconds": secs, "per_point": secs / points, **stats})
+        print(f"float32 mixture, {points} test points, {label}: {secs:.1f}s {stats}", flush=True)
+    cg, auto = influence(task, train, s_tests)
+    out[-1].update(quality(cg, auto))
+    for r in out:
+        r["speedup"] = out[0]["seconds"] / r["seconds"]
+    return out
+
+
 def million(rows: int = 1_000_000, checked: int = 5) -> dict:
     """The default on a ``rows``-row mixture (50 test points), and its quality for the first ``checked`` of
     them against CG to a relative residual of 1e-8, checked in float64 (as the 100k run's exact), with the
@@ -211,6 +234,34 @@ def million(rows: int = 1_000_000, checked: int = 5) -> dict:
     exact, got = influence(task, train, [ref, s[:checked]])
     return {"rows": rows, "seconds": secs, **stats, "reference_seconds": ref_secs,
             "reference_iterations": ref_stats["iterations"], "checked_test_points": checked, **quality(exact, got)}
+
+
+def self_influence(sample: int = 256) -> list[dict]:
+    """Self-influence of all 100k mixture rows at the default (in this process), against what the default
+    ran before 0.9.3: CG (tol 1e-5, EK-FAC) per ``chunk_size`` rows, each chunk a solve of its own, timed on
+    the first ``sample`` rows and scaled to all of them. On those rows the two must agree within CG's tol."""
+    task, train, _, _, _ = workload("mixture")
+    n, ids = len(train[0]), np.arange(sample)
+    t0 = time.perf_counter()
+    before = rayif.self_influence(task, train, solver=CGConfig(tol=1e-5), train_ids=ids)
+    secs = time.perf_counter() - t0
+    laps = rayif.results.metadata(before)["job"]["seconds"]
+    scaled = secs + laps["self_influence"] * (n / sample - 1)  # the fixed costs once, the chunks n / sample times
+    out = [{"what": "CG per chunk (before 0.9.3's rule)", "rows": sample, "seconds": secs, "all_rows_s": scaled}]
+    print(f"mixture self-influence, CG per chunk: {secs:.1f}s for {sample} rows, ~{scaled:.0f}s for {n}", flush=True)
+    t0 = time.perf_counter()
+    after = rayif.self_influence(task, train)
+    secs = time.perf_counter() - t0
+    meta = rayif.results.metadata(after)
+    got = dict(zip(after["train_id"].to_pylist(), after["self_influence"].to_pylist(), strict=True))
+    want = dict(zip(before["train_id"].to_pylist(), before["self_influence"].to_pylist(), strict=True))
+    diff = max(abs(got[i] - want[i]) / abs(want[i]) for i in want)
+    out.append({"what": "auto: " + meta["solver_choice"]["chosen"], "rows": n, "seconds": secs, "all_rows_s": secs,
+                "max_rel_diff_vs_cg": diff, "laps": meta["job"]["seconds"], "reason": meta["solver_choice"]["reason"]})
+    print(f"mixture self-influence, auto: {secs:.1f}s {out[-1]}", flush=True)
+    for r in out:
+        r["speedup"] = out[0]["all_rows_s"] / r["all_rows_s"]
+    return out
 
 
 def _peak_rss(which: str, path: str) -> float:
@@ -286,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-workers", action="store_true", help="skip the 1 vs 2 Ray workers section")
     ap.add_argument("--no-batch", action="store_true", help="skip the 1000 test points section")
     ap.add_argument("--million", action="store_true", help="also the 1M-row mixture at the default (~30 min)")
+    ap.add_argument("--batch32", action="store_true", help="also 1000 test points of a float32 mixture (~20 min)")
+    ap.add_argument("--self-influence", action="store_true", help="also every row's self-influence (~20 min)")
     ap.add_argument("--memory", action="store_true", help="also peak RSS against kronfluence (fresh processes)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/solvers.json)")
     args = ap.parse_args(argv)
@@ -310,6 +363,17 @@ def main(argv: list[str] | None = None) -> None:
                     [("test_points", "test points", "d"), ("test_batch_size", "batch", "d"), ("solver", "solver", "s"),
                      ("seconds", "s", ".1f"), ("per_point", "s / point", ".3f"),
                      ("per_point_vs_50", "x 50-point run", ".2f"), ("iterations", "passes", "d")])
+    if args.batch32:
+        out["batch32"] = batch32()
+        print_table("1000 test points of the float32 mixture (in-process)", out["batch32"],
+                    [("solver", "solver", "s"), ("chosen", "chosen", "s"), ("seconds", "s", ".1f"),
+                     ("speedup", "speedup", ".2f"), ("iterations", "passes", "d"),
+                     ("spearman", "Spearman vs CG", ".4f")])
+    if args.self_influence:
+        out["self_influence"] = self_influence()
+        print_table("self-influence of every row of the 100k mixture (in-process)", out["self_influence"],
+                    [("what", "what", "s"), ("rows", "rows timed", "d"), ("seconds", "s", ".1f"),
+                     ("all_rows_s", "s for 100k rows", ".0f"), ("speedup", "speedup", ".1f")])
     if args.memory:
         out["memory"] = memory()
         print_table("peak RSS on the 100k mixture, each in a fresh process", out["memory"],

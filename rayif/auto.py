@@ -25,9 +25,11 @@ class Choice:
     Args:
         requested: what the user asked for (an ``AutoConfig`` or a named solver's config).
         num_train, num_params, num_vectors: ``n``, ``p`` and the right-hand sides (test points) of the job.
+        double: the model computes in float64.
     """
 
-    def __init__(self, requested: SolverConfig, num_train: int, num_params: int, num_vectors: int):
+    def __init__(self, requested: SolverConfig, num_train: int, num_params: int, num_vectors: int,
+                 double: bool = False):
         self.requested, self.n, self.p = requested, num_train, num_params
         self.ggn_problem: str | None = None  # why the loss has no single model output, once checked
         if not isinstance(requested, AutoConfig):
@@ -35,7 +37,7 @@ class Choice:
             self.record = {"requested": solver_name(requested), "chosen": solver_name(requested),
                            "reason": "requested", "curvature": requested.curvature}
             return
-        self.solver, reason = requested.choose(num_train, num_params, num_vectors)
+        self.solver, reason = requested.choose(num_train, num_params, num_vectors, double)
         log.info("rayif: solver='auto' chose %s: %s", solver_name(self.solver), reason)
         self.record = {"requested": "auto", "chosen": solver_name(self.solver), "reason": reason,
                        "curvature": self.solver.curvature}

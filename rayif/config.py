@@ -206,7 +206,10 @@ class AutoConfig:
 
     * ``exact`` when the selected parameters fit (``p <= max_params``), the explicit curvature costs at
       most ``exact_budget`` example-vector products (``n * p``), and at most what CG would spend on the
-      job's ``m`` test vectors (about ``30 * m * n``, so ``p <= 30 * m``);
+      job's ``m`` test vectors (about ``30 * m * n``, so ``p <= 30 * m``); and, whatever ``n * p``, when the
+      job has so many right-hand sides that CG would cost more even with its Krylov space recycled
+      (``p <= 8 * m``, ``2 * p`` for a float64 model): a self-influence job over many rows, thousands of
+      test points. Its matrix is built once, with every worker's products;
     * else EK-FAC-preconditioned CG (``tol=1e-5``: rankings need the small differences) with full-data
       products while the training set has at most ``cg_max_rows`` examples (where the explicit matrix would
       fit, CG gets at most its cost in iterations, and a CG that does not converge in them, as on a BatchNorm
@@ -257,19 +260,27 @@ class AutoConfig:
         _check(self.cg_max_rows >= 0, f"AutoConfig.cg_max_rows must be >= 0, got {self.cg_max_rows}")
         _check(self.lanczos_steps >= 0, f"AutoConfig.lanczos_steps must be >= 0, got {self.lanczos_steps}")
 
-    def choose(self, num_train: int, num_params: int, num_vectors: int | None = None) -> tuple[SolverConfig, str]:
+    def choose(self, num_train: int, num_params: int, num_vectors: int | None = None, double: bool = False
+               ) -> tuple[SolverConfig, str]:
         """The solver for ``num_train`` examples, ``num_params`` selected parameters and ``num_vectors``
-        right-hand sides (test points; ``None``: unknown), and why."""
+        right-hand sides (test points, or the rows of a self-influence job; ``None``: unknown), and why.
+        ``double``: the model computes in float64, where the explicit matrix's products cost about twice
+        CG's (which run in float32, :attr:`CGConfig.mixed_precision`)."""
         n, p, m = num_train, num_params, num_vectors
         if self.target == "fast":
             return EKFACConfig(self.damping), "target='fast': EK-FAC alone (the Gauss-Newton curvature)"
         tol = _TARGETS[self.target]
-        # the explicit matrix costs p products per training row whatever m is; CG about _CG_PASSES * m
+        # the explicit matrix costs p products per training row whatever m is; CG about _CG_PASSES * m, and
+        # on a job of many right-hand sides, with its Krylov space recycled, still _CG_RECYCLED * m
         fits = p <= self.max_params and n * p <= self.exact_budget
         if fits and (m is None or p <= _CG_PASSES * m):
             return (ExactConfig(self.damping, self.curvature, self.max_params),
                     f"p={p} <= max_params={self.max_params} and n*p={n * p:.3g} <= "
                     f"exact_budget={self.exact_budget:.3g}" + ("" if m is None else f" and p <= {_CG_PASSES}*m={m}"))
+        if p <= self.max_params and m is not None and p * (2 if double else 1) <= _CG_RECYCLED * m:
+            return (ExactConfig(self.damping, self.curvature, self.max_params),
+                    f"p={p} <= max_params={self.max_params} and m={m} right-hand sides: the explicit matrix's p "
+                    f"products{' (float64: 2x)' if double else ''} cost less than CG's ~{_CG_RECYCLED} per vector")
         if fits:
             why = f"p={p} > {_CG_PASSES}*m (m={m} test vectors): CG's passes cost less than the explicit matrix"
         elif p > self.max_params:
@@ -288,6 +299,9 @@ class AutoConfig:
 
 
 _CG_PASSES = 30  # passes a preconditioned CG typically needs at its default tol (25-35 measured)
+# products per right-hand side of CG on a job of many, its later test batches started from the first's
+# Krylov space (the 100k mixture: 1000 test points in batches of 256, 8.7)
+_CG_RECYCLED = 8
 # auto's CG tolerance: rankings need the small differences between training points, which a relative residual
 # of 1e-3 can leave unresolved (a ViT whose influences are all ~1.0 +- 1e-3: Spearman 0.57 against exact at
 # 1e-3, 0.977 at 1e-4, 0.9994 at 1e-5, for 1.5x the time of 1e-3)

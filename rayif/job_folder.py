@@ -13,12 +13,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .config import solver_to_dict
+from .data import ids_digest
 from .errors import RayifError
 from .results import SCHEMA, metadata
 
 MANIFEST = "_rayif_job.json"
 MANIFEST_FORMAT = 4  # 4: the requested solver, not the one auto chose (its choice depends on the model)
 FACTORS = "_rayif_factors.pt"
+
+
+def job_identity(job: Any, run: Any, fingerprint: str) -> dict[str, Any]:
+    """What makes two runs of a :class:`~rayif.runner.Job` (with its ``RunConfig`` and model fingerprint) the
+    same job: a rerun on the folder must agree on every field."""
+    return {"format": MANIFEST_FORMAT, "model_fingerprint": fingerprint, "solver": solver_to_dict(job.solver),
+            "seed": job.seed, "top": job.top, "group": job.group, "test_batch_size": run.test_batch_size,
+            "chunk_size": run.chunk_size, "num_train": len(job.train), "train_ids_sha256": ids_digest(job.train.ids),
+            "num_test": len(job.test), "test_ids_sha256": ids_digest(job.test.ids), "candidates": job.candidate_source}
 
 
 def open_folder(output_dir: str | Path, identity: dict[str, Any]) -> Path:

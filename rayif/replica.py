@@ -181,11 +181,15 @@ class Replica:
         return [influence_from_grads(s, self._chunk_grads(w.start, w.stop)) for w in work]
 
     def self_influence(self, rows: slice | np.ndarray, solver: SolverConfig, scale: float | None, seed: int,
-                       repetition: int | None, chunk_size: int, factors: KroneckerFactors | None = None
-                       ) -> tuple[np.ndarray, SolveStats]:
+                       repetition: int | None, chunk_size: int, factors: KroneckerFactors | None = None,
+                       inverse: Tensor | None = None) -> tuple[np.ndarray, SolveStats]:
         """``grad L(z)^T h(z)`` for training rows ``rows`` (a range or positions): ``h`` is LiSSA repetition
-        ``repetition`` of ``H^-1 grad L(z)`` (the driver averages them in order), or the other solvers' solve."""
+        ``repetition`` of ``H^-1 grad L(z)`` (the driver averages them in order), or the other solvers' solve;
+        with ``inverse`` (``[p, p]`` float64, the exact solve's, built once by the driver), ``inverse @ g``."""
         g = self.objective.train_grads(self.train.take(rows))
+        if inverse is not None:
+            g = g.double()
+            return (g * (g @ inverse.to(self.device))).sum(1).cpu().numpy(), SolveStats()
         h, stats = self._inverse(g, solver, scale, seed, repetition, chunk_size, factors)
         require_finite_vectors(h, "H^-1 grad L(z)")
         return (g * h).sum(1).double().cpu().numpy(), stats

@@ -20,15 +20,15 @@ import torch
 
 from .auto import Choice
 from .config import AutoConfig, CGConfig, ExactConfig, LissaConfig, RunConfig, SolverConfig, solver_to_dict
-from .data import Examples, ids_digest
+from .data import Examples
 from .errors import ConvergenceError, IndefiniteError, LissaDivergenceError, RayifError
 from .executors import Call, Executor
 from .grads import require_finite_vectors
 from .ihvp import KroneckerFactors, SolveStats, mean_of_repetitions
 from .job_folder import (
-    MANIFEST_FORMAT,
     batch_path,
     finished_metadata,
+    job_identity,
     open_folder,
     read_results,
     write_batch,
@@ -74,8 +74,10 @@ class Runner:
             raise RayifError("the workers built models with different weights: Task.model_factory must return "
                              "the same trained model every time it is called")
         self.fingerprint = fingerprints.pop()
-        vectors = len(job.train) if job.test is None else 1 if job.group else len(job.test)
-        self.auto = Choice(job.solver, len(job.train), executor.infos[0]["num_params"], vectors)
+        rows = len(job.train) if job.self_rows is None else len(job.self_rows)  # self-influence's
+        vectors = rows if job.test is None else 1 if job.group else len(job.test)
+        info = executor.infos[0]
+        self.auto = Choice(job.solver, len(job.train), info["num_params"], vectors, info["dtype"] == "float64")
         self.stats = SolveStats()
         self.grad_path: dict | None = None  # the replicas' per-example gradient path, once validated
         self._settled = False  # auto's curvature check done
@@ -210,15 +212,32 @@ class Runner:
         self._lap("s_test")
         return out
 
-    def _sharded_s_test(self, batches: list[np.ndarray]) -> list[torch.Tensor]:
+    def _sharded_solve(self) -> ShardedSolve:
+        """The job's CG or exact solve, its products sharded over every worker (rebuilt when auto changes it)."""
         if self._sharded is None or self._sharded.solver != self.solver:
             factors = self._factor_values if self.factors() is not None else None
             dtype = getattr(torch, self.ex.infos[0]["dtype"])
-            self._sharded = ShardedSolve(self.ex, len(self.job.train), self.run, self.solver, factors, dtype,
-                                         later=len(self._batches()) > 1)
+            later = self.job.test is not None and len(self._batches()) > 1
+            self._sharded = ShardedSolve(self.ex, len(self.job.train), self.run, self.solver, factors, dtype, later)
+        return self._sharded
+
+    def _exact_inverse(self) -> Any:
+        """For the exact solver: ``(C + damping I)^-1``, its explicit matrix built once with every worker's
+        products, as a handle the workers share; ``None`` for the other solvers."""
+        while isinstance(self.solver, ExactConfig):
+            try:
+                inverse = self._sharded_solve().exact().inverse()
+            except IndefiniteError as e:
+                self._fall_back(e)
+                continue
+            self._lap("exact")
+            return self.ex.put(inverse)
+        return None
+
+    def _sharded_s_test(self, batches: list[np.ndarray]) -> list[torch.Tensor]:
         out = []
         for rows in batches:
-            s, stats = self._sharded.solve(test_vectors(self.ex, rows, self.job.group, self.run.solve_block))
+            s, stats = self._sharded_solve().solve(test_vectors(self.ex, rows, self.job.group, self.run.solve_block))
             self.stats = self.stats + stats
             require_finite_vectors(s, "s_test")
             out.append(s)
@@ -292,7 +311,8 @@ class Runner:
         """The ranked table; with ``RunConfig.output_dir`` one parquet file per batch, resumable."""
         job = self.job
         batches = self._batches()
-        out = None if self.run.output_dir is None else open_folder(self.run.output_dir, self.identity())
+        folder = self.run.output_dir
+        out = None if folder is None else open_folder(folder, job_identity(job, self.run, self.fingerprint))
         todo = [i for i in range(len(batches)) if out is None or not batch_path(out, i).exists()]
         if len(todo) < len(batches):
             log.info("resuming in %s: %d of %d test batches already done", out, len(batches) - len(todo),
@@ -361,9 +381,12 @@ class Runner:
         else:
             parts, ids = [rows[i : i + size] for i in range(0, len(rows), size)], job.train.ids[rows]
 
+        inverse = self._exact_inverse()  # every row's exact solve is one product with it, on any worker
+
         def units(scale, factors):
             reps = range(self.solver.repetitions) if isinstance(self.solver, LissaConfig) else [None]
-            return [Call("self_influence", (p, self.solver, scale, job.seed, t, size, factors))
+            exact = inverse if isinstance(self.solver, ExactConfig) else None
+            return [Call("self_influence", (p, self.solver, scale, job.seed, t, size, factors, exact))
                     for p in parts for t in reps], None
 
         @contextmanager
@@ -380,17 +403,6 @@ class Runner:
         self._lap("self_influence")
         table = pa.Table.from_arrays([pa.array(ids[order]), pa.array(v[order])], schema=SELF_INFLUENCE_SCHEMA)
         return with_metadata(table, {**self.metadata(), "job": self.report()})
-
-    # --- job identity and resume ------------------------------------------------------------------
-
-    def identity(self) -> dict[str, Any]:
-        """What makes two runs the same job: a rerun on the folder must agree on every field."""
-        job = self.job
-        return {"format": MANIFEST_FORMAT, "model_fingerprint": self.fingerprint, "solver": solver_to_dict(job.solver),
-                "seed": job.seed, "top": job.top, "group": job.group, "test_batch_size": self.run.test_batch_size,
-                "chunk_size": self.run.chunk_size, "num_train": len(job.train),
-                "train_ids_sha256": ids_digest(job.train.ids), "num_test": len(job.test),
-                "test_ids_sha256": ids_digest(job.test.ids), "candidates": job.candidate_source}
 
 
 def _rows(part: slice | np.ndarray) -> int:

@@ -207,7 +207,15 @@ def test_auto_chooses_by_size_and_records_why(logistic):
     assert isinstance(AutoConfig().choose(100, 20_000)[0], CGConfig)
     chosen = AutoConfig(curvature="ggn", damping=0.01).choose(100, 20_000)[0]
     assert (chosen.curvature, chosen.damping) == ("ggn", 0.01)
+    # past exact_budget, many right-hand sides still make the explicit matrix the cheaper solve
+    assert isinstance(AutoConfig().choose(100_000, 4810, 100_000, double=True)[0], ExactConfig)  # self-influence
+    assert isinstance(AutoConfig().choose(100_000, 4810, 1000)[0], ExactConfig)  # 4810 <= 8 * 1000
+    assert isinstance(AutoConfig().choose(100_000, 4810, 1000, double=True)[0], CGConfig)  # float64: 2 * 4810
+    assert isinstance(AutoConfig().choose(100_000, 20_000, 100_000)[0], CGConfig)  # p > max_params
     task, sp = logistic
+    some = rayif.self_influence(task, (sp.x_train, sp.y_train), train_ids=np.arange(5))
+    meta = rayif.results.metadata(some)  # a self-influence job's right-hand sides are its rows: 5, not 1000
+    assert meta["solver_choice"]["chosen"] == "cg" and "m=5" in meta["solver_choice"]["reason"]
     table = rayif.explain(task, (sp.x_train, sp.y_train), (sp.x_test[:30], sp.y_test[:30]), top=3)
     meta = rayif.results.metadata(table)
     assert meta["solver_choice"]["requested"] == "auto" and meta["solver_choice"]["chosen"] == "exact"

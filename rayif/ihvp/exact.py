@@ -68,13 +68,24 @@ class ExactSolver:
         return float(self.eigenvalues.min())
 
     def solve(self, vectors: Tensor) -> Tensor:
+        q = self._check_definite()
+        out = ((vectors.double().to(q.device) @ q) / self._shifted) @ q.T
+        return out.to(dtype=self.dtype, device=vectors.device)
+
+    def inverse(self) -> Tensor:
+        """``[p, p]`` float64 ``(C + damping I)^-1``: what workers apply to many right-hand sides of their own
+        (self-influence: every training gradient), where one product with it costs no more than a solve."""
+        q = self._check_definite()
+        return (q / self._shifted) @ q.T
+
+    def _check_definite(self) -> Tensor:
+        """The eigenvectors, once ``C + damping I`` is known positive definite (checked here, not when
+        factored, so a caller may first read the eigenvalues)."""
         cfg = self.config
-        if float(self._shifted.min()) <= 0:  # checked here, so a caller may first read the eigenvalues
+        if float(self._shifted.min()) <= 0:
             raise IndefiniteError(
                 f"the {cfg.curvature} + {cfg.damping}*I is not positive definite (smallest eigenvalue "
                 f"{float(self._shifted.min()):.3g}); set ExactConfig.damping above {-self.smallest:.3g}"
                 + (" or use curvature='ggn'" if cfg.curvature == "hessian" else "")
             )
-        q = self._evecs
-        out = ((vectors.double().to(q.device) @ q) / self._shifted) @ q.T
-        return out.to(dtype=self.dtype, device=vectors.device)
+        return self._evecs
