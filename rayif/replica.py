@@ -186,10 +186,13 @@ class Replica:
         """``grad L(z)^T h(z)`` for training rows ``rows`` (a range or positions): ``h`` is LiSSA repetition
         ``repetition`` of ``H^-1 grad L(z)`` (the driver averages them in order), or the other solvers' solve;
         with ``inverse`` (``[p, p]`` float64, the exact solve's, built once by the driver), ``inverse @ g``."""
+        if inverse is not None:  # ``rows`` spans several chunks here: their gradients one chunk at a time
+            inv, out = inverse.to(self.device), []
+            for piece in chunked(rows, chunk_size):
+                g = self.objective.train_grads(self.train.take(piece)).double()
+                out.append((g * (g @ inv)).sum(1).cpu().numpy())
+            return np.concatenate(out), SolveStats()
         g = self.objective.train_grads(self.train.take(rows))
-        if inverse is not None:
-            g = g.double()
-            return (g * (g @ inverse.to(self.device))).sum(1).cpu().numpy(), SolveStats()
         h, stats = self._inverse(g, solver, scale, seed, repetition, chunk_size, factors)
         require_finite_vectors(h, "H^-1 grad L(z)")
         return (g * h).sum(1).double().cpu().numpy(), stats
@@ -210,6 +213,13 @@ class Replica:
             self._grads[key] = g
             self._cached_bytes += size
         return g
+
+
+def chunked(rows: slice | np.ndarray, size: int) -> list[slice | np.ndarray]:
+    """``rows`` (a range or positions) in consecutive pieces of at most ``size``."""
+    if isinstance(rows, slice):
+        return [slice(a, min(a + size, rows.stop)) for a in range(rows.start, rows.stop, size)]
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 def check_ranges(n: int) -> list[tuple[int, int]]:

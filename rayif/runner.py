@@ -35,11 +35,13 @@ from .job_folder import (
 )
 from .kernels import TopInfluence, candidate_plan, candidate_positions, chunk_grid, shards
 from .progress import Progress
-from .replica import check_ranges
+from .replica import check_ranges, chunked
 from .results import GROUP_TEST_ID, SELF_INFLUENCE_SCHEMA, ranked_table, with_metadata
 from .sharded import ShardedSolve, load_or_fit_factors, smallest_hessian_eigenvalue, test_vectors
 
 log = logging.getLogger("rayif")
+
+_INVERSE_CHUNKS = 16  # chunks per self-influence unit that applies the exact inverse ([p, p], read once)
 
 
 @dataclass(frozen=True)
@@ -373,21 +375,18 @@ class Runner:
     def self_influence(self) -> pa.Table:
         """``(train_id, self_influence)`` of every training example (or of ``Job.self_rows``), largest first."""
         self.validate()
-        job, size = self.job, self.run.chunk_size
-        rows = job.self_rows
-        if rows is None:
-            parts: list = [slice(w.start, w.stop) for w in chunk_grid(len(job.train), size)]
-            ids = job.train.ids
-        else:
-            parts, ids = [rows[i : i + size] for i in range(0, len(rows), size)], job.train.ids[rows]
-
+        job, size, rows = self.job, self.run.chunk_size, self.job.self_rows
+        ids = job.train.ids if rows is None else job.train.ids[rows]
+        wanted = slice(0, len(job.train)) if rows is None else rows
         inverse = self._exact_inverse()  # every row's exact solve is one product with it, on any worker
 
         def units(scale, factors):
             reps = range(self.solver.repetitions) if isinstance(self.solver, LissaConfig) else [None]
             exact = inverse if isinstance(self.solver, ExactConfig) else None
+            # a unit reads the [p, p] inverse once, so it gets several chunks (a count set by the rows alone)
+            parts = chunked(wanted, size * (_INVERSE_CHUNKS if exact is not None else 1))
             return [Call("self_influence", (p, self.solver, scale, job.seed, t, size, factors, exact))
-                    for p in parts for t in reps], None
+                    for p in parts for t in reps], parts
 
         @contextmanager
         def progress(calls):
@@ -395,7 +394,7 @@ class Runner:
                           enabled=self.run.progress) as bar:
                 yield lambda k: bar.update(_rows(calls[k].args[0]))
 
-        results, _ = self._solve(units, progress)
+        results, parts = self._solve(units, progress)
         reps = len(results) // len(parts)  # in repetition order within each part
         values = [mean_of_repetitions(results[i * reps : (i + 1) * reps]) for i in range(len(parts))]
         v = np.concatenate(values)

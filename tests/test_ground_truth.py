@@ -125,5 +125,9 @@ def test_self_influence_flags_flipped_labels(logistic):
     g = obj.train_grads(ex.take(np.array([3])))
     h = explicit_hessian(obj, ex) + ExactConfig().damping * torch.eye(obj.num_params, dtype=torch.float64)
     want = float(g.double() @ torch.linalg.solve(h, g.double().T))
-    got = dict(zip(table.column("train_id").to_pylist(), table.column("self_influence").to_pylist(), strict=True))[3]
-    assert got == pytest.approx(want, rel=1e-8)
+    values = dict(zip(table.column("train_id").to_pylist(), table.column("self_influence").to_pylist(), strict=True))
+    assert values[3] == pytest.approx(want, rel=1e-8)
+    # in units of 16 chunks of 16 rows (4 units), every id keeps its own value
+    small = rayif.self_influence(task, (sp.x_train, y), solver=ExactConfig(), run_config=rayif.RunConfig(chunk_size=16))
+    again = dict(zip(small.column("train_id").to_pylist(), small.column("self_influence").to_pylist(), strict=True))
+    assert again.keys() == values.keys() and all(again[i] == pytest.approx(values[i], rel=1e-9) for i in values)
