@@ -378,11 +378,12 @@ class Runner:
         job, size, rows = self.job, self.run.chunk_size, self.job.self_rows
         ids = job.train.ids if rows is None else job.train.ids[rows]
         wanted = slice(0, len(job.train)) if rows is None else rows
-        inverse = self._exact_inverse()  # every row's exact solve is one product with it, on any worker
 
         def units(scale, factors):
+            # every row's exact solve is one product with the inverse, on any worker; asked here, not before,
+            # so a CG that auto replaces by the exact solve gets it too
+            exact = self._exact_inverse()
             reps = range(self.solver.repetitions) if isinstance(self.solver, LissaConfig) else [None]
-            exact = inverse if isinstance(self.solver, ExactConfig) else None
             # a unit reads the [p, p] inverse once, so it gets several chunks (a count set by the rows alone)
             parts = chunked(wanted, size * (_INVERSE_CHUNKS if exact is not None else 1))
             return [Call("self_influence", (p, self.solver, scale, job.seed, t, size, factors, exact))
