@@ -21,8 +21,9 @@ and Spearman over test points, and the mean number of the exact top-10 harmful i
 kronfluence (the ``bench`` extra; EK-FAC of the Fisher over its tracked ``nn.Linear`` / ``nn.Conv2d``) runs
 in the same process with the same damping. ``--workers``: one auto solve of the mixture on 1 and on 2 Ray
 workers (one CPU each), bit-identical. ``--batch``: 1000 test points of the mixture against the 50-point run,
-per test point; ``--batch32``: the same in float32, auto against CG. ``--self-influence``: every row's
-self-influence on the mixture at the default, against the per-chunk CG that 0.9.2's default ran for it.
+per test point (and the first 10 points' influence, one run against the other); ``--batch32``: the same in
+float32, auto against CG. ``--self-influence``: every row's self-influence of a 20k-row mixture, the explicit
+matrix from float64 products against auto's, from float32 products checked in float64.
 The frontier (seconds against Spearman) is drawn to ``benchmarks/img/solvers_frontier.png``.
 """
 
@@ -174,18 +175,21 @@ def workers() -> list[dict]:
 
 def batch() -> list[dict]:
     """The mixture's 1000 test points against its first 50 (auto, in this process, batches of 256): seconds
-    per test point; the later batches start from the first one's recycled Krylov space."""
-    out = []
+    per test point, and the influence of every training row for the first 10 test points, one run against the
+    other (50 points: CG; 1000: the explicit matrix since 0.9.3 for float32, 0.9.4 for float64)."""
+    out, s_tests = [], []
     for points in (TEST_POINTS, 1000):
         task, train, test, _, _ = workload("mixture", points)
         if not out:
             solve(task, train, test, EKFACConfig())  # warm-up, as in run()
-        _, secs, stats = solve(task, train, test, AutoConfig(), run=RunConfig(test_batch_size=256))
+        s, secs, stats = solve(task, train, test, AutoConfig(), run=RunConfig(test_batch_size=256))
+        s_tests.append(s[:10])
         out.append({"test_points": points, "test_batch_size": 256, "solver": "auto", "seconds": secs,
                     "per_point": secs / points, **stats})
         print(f"mixture, {points} test points in batches of 256, auto: {secs:.1f}s {stats}", flush=True)
     for r in out:
         r["per_point_vs_50"] = r["per_point"] / out[0]["per_point"]
+    out[-1].update(quality(*influence(task, train, s_tests)))
     return out
 
 
@@ -236,31 +240,28 @@ def million(rows: int = 1_000_000, checked: int = 5) -> dict:
             "reference_iterations": ref_stats["iterations"], "checked_test_points": checked, **quality(exact, got)}
 
 
-def self_influence(sample: int = 256) -> list[dict]:
-    """Self-influence of all 100k mixture rows at the default (in this process), against what the default
-    ran before 0.9.3: CG (tol 1e-5, EK-FAC) per ``chunk_size`` rows, each chunk a solve of its own, timed on
-    the first ``sample`` rows and scaled to all of them. On those rows the two must agree within CG's tol."""
-    task, train, _, _, _ = workload("mixture")
-    n, ids = len(train[0]), np.arange(sample)
-    t0 = time.perf_counter()
-    before = rayif.self_influence(task, train, solver=CGConfig(tol=1e-5), train_ids=ids)
-    secs = time.perf_counter() - t0
-    laps = rayif.results.metadata(before)["job"]["seconds"]
-    scaled = secs + laps["self_influence"] * (n / sample - 1)  # the fixed costs once, the chunks n / sample times
-    out = [{"what": "CG per chunk (before 0.9.3's rule)", "rows": sample, "seconds": secs, "all_rows_s": scaled}]
-    print(f"mixture self-influence, CG per chunk: {secs:.1f}s for {sample} rows, ~{scaled:.0f}s for {n}", flush=True)
-    t0 = time.perf_counter()
-    after = rayif.self_influence(task, train)
-    secs = time.perf_counter() - t0
-    meta = rayif.results.metadata(after)
-    got = dict(zip(after["train_id"].to_pylist(), after["self_influence"].to_pylist(), strict=True))
-    want = dict(zip(before["train_id"].to_pylist(), before["self_influence"].to_pylist(), strict=True))
-    diff = max(abs(got[i] - want[i]) / abs(want[i]) for i in want)
-    out.append({"what": "auto: " + meta["solver_choice"]["chosen"], "rows": n, "seconds": secs, "all_rows_s": secs,
-                "max_rel_diff_vs_cg": diff, "laps": meta["job"]["seconds"], "reason": meta["solver_choice"]["reason"]})
-    print(f"mixture self-influence, auto: {secs:.1f}s {out[-1]}", flush=True)
+def self_influence(rows: int = 20_000) -> list[dict]:
+    """Self-influence of every row of a ``rows``-row float64 mixture, in this process: the explicit matrix
+    built from float64 products (0.9.3's choice, ``ExactConfig()``, the ground truth) against ``auto``'s,
+    built from float32 products and probed in float64 (0.9.4, ``ExactConfig(mixed_precision=True)``). 0.9.3
+    measured its choice on all 100k rows against CG per chunk (958 s against ~34 h)."""
+    task, sp = mixture_task(rows, 1000, weight_decay=1e-2)
+    train = (sp.x_train, sp.y_train)
+    out, values = [], []
+    for label, cfg in (("exact, float64 matrix (0.9.3's choice)", ExactConfig()), ("auto", AutoConfig())):
+        t0 = time.perf_counter()
+        table = rayif.self_influence(task, train, solver=cfg)
+        secs = time.perf_counter() - t0
+        meta = rayif.results.metadata(table)
+        values.append(dict(zip(table["train_id"].to_pylist(), table["self_influence"].to_pylist(), strict=True)))
+        out.append({"what": label, "rows": rows, "seconds": secs, "chosen": meta["solver_choice"]["chosen"],
+                    "mixed_precision": meta["solver"]["mixed_precision"], "laps": meta["job"]["seconds"]})
+        print(f"mixture self-influence, {rows} rows, {label}: {secs:.1f}s {out[-1]}", flush=True)
+    want, got = values
+    out[-1]["max_rel_diff"] = max(abs(got[i] - want[i]) / abs(want[i]) for i in want)
+    out[-1]["spearman"] = float(st.spearmanr([want[i] for i in want], [got[i] for i in want])[0])
     for r in out:
-        r["speedup"] = out[0]["all_rows_s"] / r["all_rows_s"]
+        r["speedup"] = out[0]["seconds"] / r["seconds"]
     return out
 
 
@@ -338,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-batch", action="store_true", help="skip the 1000 test points section")
     ap.add_argument("--million", action="store_true", help="also the 1M-row mixture at the default (~30 min)")
     ap.add_argument("--batch32", action="store_true", help="also 1000 test points of a float32 mixture (~20 min)")
-    ap.add_argument("--self-influence", action="store_true", help="also every row's self-influence (~20 min)")
+    ap.add_argument("--self-influence", action="store_true",
+                    help="also every row's self-influence of a 20k-row mixture, float64 vs float32 matrix (~6 min)")
     ap.add_argument("--memory", action="store_true", help="also peak RSS against kronfluence (fresh processes)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/solvers.json)")
     args = ap.parse_args(argv)
@@ -362,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
         print_table("batch scoring on the mixture (in-process)", out["batch"],
                     [("test_points", "test points", "d"), ("test_batch_size", "batch", "d"), ("solver", "solver", "s"),
                      ("seconds", "s", ".1f"), ("per_point", "s / point", ".3f"),
-                     ("per_point_vs_50", "x 50-point run", ".2f"), ("iterations", "passes", "d")])
+                     ("per_point_vs_50", "x 50-point run", ".2f"), ("iterations", "passes", "d"),
+                     ("chosen", "chosen", "s"), ("spearman", "Spearman vs 50-point", ".4f")])
     if args.batch32:
         out["batch32"] = batch32()
         print_table("1000 test points of the float32 mixture (in-process)", out["batch32"],
@@ -371,9 +374,10 @@ def main(argv: list[str] | None = None) -> None:
                      ("spearman", "Spearman vs CG", ".4f")])
     if args.self_influence:
         out["self_influence"] = self_influence()
-        print_table("self-influence of every row of the 100k mixture (in-process)", out["self_influence"],
-                    [("what", "what", "s"), ("rows", "rows timed", "d"), ("seconds", "s", ".1f"),
-                     ("all_rows_s", "s for 100k rows", ".0f"), ("speedup", "speedup", ".1f")])
+        print_table("self-influence of every row of a 20k-row mixture (in-process)", out["self_influence"],
+                    [("what", "what", "s"), ("chosen", "chosen", "s"), ("seconds", "s", ".1f"),
+                     ("speedup", "speedup", ".2f"), ("max_rel_diff", "max rel diff", ".1e"),
+                     ("spearman", "Spearman", ".6f")])
     if args.memory:
         out["memory"] = memory()
         print_table("peak RSS on the 100k mixture, each in a fresh process", out["memory"],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from .config import AutoConfig, ExactConfig, SolverConfig, solver_name
+from .config import AutoConfig, CGConfig, ExactConfig, SolverConfig, solver_name
 from .errors import ConvergenceError, IndefiniteError, RayifError
 
 log = logging.getLogger("rayif")
@@ -25,11 +25,9 @@ class Choice:
     Args:
         requested: what the user asked for (an ``AutoConfig`` or a named solver's config).
         num_train, num_params, num_vectors: ``n``, ``p`` and the right-hand sides (test points) of the job.
-        double: the model computes in float64.
     """
 
-    def __init__(self, requested: SolverConfig, num_train: int, num_params: int, num_vectors: int,
-                 double: bool = False):
+    def __init__(self, requested: SolverConfig, num_train: int, num_params: int, num_vectors: int):
         self.requested, self.n, self.p = requested, num_train, num_params
         self.ggn_problem: str | None = None  # why the loss has no single model output, once checked
         if not isinstance(requested, AutoConfig):
@@ -37,7 +35,7 @@ class Choice:
             self.record = {"requested": solver_name(requested), "chosen": solver_name(requested),
                            "reason": "requested", "curvature": requested.curvature}
             return
-        self.solver, reason = requested.choose(num_train, num_params, num_vectors, double)
+        self.solver, reason = requested.choose(num_train, num_params, num_vectors)
         log.info("rayif: solver='auto' chose %s: %s", solver_name(self.solver), reason)
         self.record = {"requested": "auto", "chosen": solver_name(self.solver), "reason": reason,
                        "curvature": self.solver.curvature}
@@ -67,7 +65,8 @@ class Choice:
         if isinstance(error, ConvergenceError):
             if self.p > auto.max_params or self.n * self.p > auto.exact_budget:
                 raise error
-            self.solver = ExactConfig(self.solver.damping, self.solver.curvature, auto.max_params)
+            tol = self.solver.tol if isinstance(self.solver, CGConfig) else ExactConfig.tol
+            self.solver = ExactConfig(self.solver.damping, self.solver.curvature, auto.max_params, True, tol)
             self.record["chosen"] = "exact"
             log.warning("rayif: %s: solver='auto' solves exactly instead (p=%d, n=%d)", error, self.p, self.n)
             self._note(f"CG did not converge: exact (p={self.p})")

@@ -52,15 +52,24 @@ class ExactConfig:
         curvature: ``"hessian"`` (the training loss's Hessian, Koh & Liang) or ``"ggn"`` (Gauss-Newton
             ``J^T H_out J``: positive semi-definite, what K-FAC approximates).
         max_params: largest number of selected parameters accepted (10,000 = 800 MB of float64 matrix).
+        mixed_precision: for a float64 model, build the matrix from float32 products (2.1-2.3x cheaper on a
+            CPU; ``solver="auto"``'s exact solve does) and factor it in float64, then check every answer with
+            one float64 product pass and refine it until its relative residual is below ``tol`` (the
+            inverse self-influence applies: on 32 seeded random vectors); a matrix that cannot reach it is
+            built again from float64 products. Off: the float64 matrix, the ground truth.
+        tol: the relative residual ``||v - (C + damping I) x|| / ||v||`` a mixed-precision answer must reach.
     """
 
     damping: float = DEFAULT_DAMPING
     curvature: str = "hessian"
     max_params: int = 10_000
+    mixed_precision: bool = False
+    tol: float = 1e-5
 
     def __post_init__(self) -> None:
         _check_common("ExactConfig", self.damping, self.curvature)
         _check(self.max_params >= 1, f"ExactConfig.max_params must be >= 1, got {self.max_params}")
+        _check(0 < self.tol < 1, f"ExactConfig.tol must be in (0, 1), got {self.tol}")
 
 
 @dataclass(frozen=True)
@@ -208,8 +217,9 @@ class AutoConfig:
       most ``exact_budget`` example-vector products (``n * p``), and at most what CG would spend on the
       job's ``m`` test vectors (about ``30 * m * n``, so ``p <= 30 * m``); and, whatever ``n * p``, when the
       job has so many right-hand sides that CG would cost more even with its Krylov space recycled
-      (``p <= 8 * m``, ``2 * p`` for a float64 model): a self-influence job over many rows, thousands of
-      test points. Its matrix is built once, with every worker's products;
+      (``p <= 8 * m``): a self-influence job over many rows, thousands of test points. Its matrix is built
+      once, with every worker's products, from float32 products for a float64 model, each answer checked
+      in float64 to the target's tolerance (:attr:`ExactConfig.mixed_precision`);
     * else EK-FAC-preconditioned CG (``tol=1e-5``: rankings need the small differences) with full-data
       products while the training set has at most ``cg_max_rows`` examples (where the explicit matrix would
       fit, CG gets at most its cost in iterations, and a CG that does not converge in them, as on a BatchNorm
@@ -260,12 +270,13 @@ class AutoConfig:
         _check(self.cg_max_rows >= 0, f"AutoConfig.cg_max_rows must be >= 0, got {self.cg_max_rows}")
         _check(self.lanczos_steps >= 0, f"AutoConfig.lanczos_steps must be >= 0, got {self.lanczos_steps}")
 
-    def choose(self, num_train: int, num_params: int, num_vectors: int | None = None, double: bool = False
+    def choose(self, num_train: int, num_params: int, num_vectors: int | None = None
                ) -> tuple[SolverConfig, str]:
         """The solver for ``num_train`` examples, ``num_params`` selected parameters and ``num_vectors``
         right-hand sides (test points, or the rows of a self-influence job; ``None``: unknown), and why.
-        ``double``: the model computes in float64, where the explicit matrix's products cost about twice
-        CG's (which run in float32, :attr:`CGConfig.mixed_precision`)."""
+        The explicit matrix and CG both take their products in float32 for a float64 model, and both check
+        their answers with one float64 pass (:attr:`CGConfig.mixed_precision`,
+        :attr:`ExactConfig.mixed_precision`), so the rule is the same for either dtype."""
         n, p, m = num_train, num_params, num_vectors
         if self.target == "fast":
             return EKFACConfig(self.damping), "target='fast': EK-FAC alone (the Gauss-Newton curvature)"
@@ -274,13 +285,13 @@ class AutoConfig:
         # on a job of many right-hand sides, with its Krylov space recycled, still _CG_RECYCLED * m
         fits = p <= self.max_params and n * p <= self.exact_budget
         if fits and (m is None or p <= _CG_PASSES * m):
-            return (ExactConfig(self.damping, self.curvature, self.max_params),
+            return (ExactConfig(self.damping, self.curvature, self.max_params, True, tol),
                     f"p={p} <= max_params={self.max_params} and n*p={n * p:.3g} <= "
                     f"exact_budget={self.exact_budget:.3g}" + ("" if m is None else f" and p <= {_CG_PASSES}*m={m}"))
-        if p <= self.max_params and m is not None and p * (2 if double else 1) <= _CG_RECYCLED * m:
-            return (ExactConfig(self.damping, self.curvature, self.max_params),
+        if p <= self.max_params and m is not None and p <= _CG_RECYCLED * m:
+            return (ExactConfig(self.damping, self.curvature, self.max_params, True, tol),
                     f"p={p} <= max_params={self.max_params} and m={m} right-hand sides: the explicit matrix's p "
-                    f"products{' (float64: 2x)' if double else ''} cost less than CG's ~{_CG_RECYCLED} per vector")
+                    f"products cost less than CG's ~{_CG_RECYCLED} per vector")
         if fits:
             why = f"p={p} > {_CG_PASSES}*m (m={m} test vectors): CG's passes cost less than the explicit matrix"
         elif p > self.max_params:

@@ -78,8 +78,7 @@ class Runner:
         self.fingerprint = fingerprints.pop()
         rows = len(job.train) if job.self_rows is None else len(job.self_rows)  # self-influence's
         vectors = rows if job.test is None else 1 if job.group else len(job.test)
-        info = executor.infos[0]
-        self.auto = Choice(job.solver, len(job.train), info["num_params"], vectors, info["dtype"] == "float64")
+        self.auto = Choice(job.solver, len(job.train), executor.infos[0]["num_params"], vectors)
         self.stats = SolveStats()
         self.grad_path: dict | None = None  # the replicas' per-example gradient path, once validated
         self._settled = False  # auto's curvature check done
@@ -321,7 +320,6 @@ class Runner:
                      len(batches))
         if todo:
             self.validate()
-            meta = self.metadata()
         else:  # nothing left: what the batches were computed with, without checking the curvature again
             meta = finished_metadata(out)
         tables: dict[int, pa.Table] = {}
@@ -331,6 +329,7 @@ class Runner:
             t0 = time.perf_counter()
             rows = [batches[i] for i in wave]
             accs = self.score(rows, self.s_test(rows))
+            meta = self.metadata()  # after the solve: the solver that answered, where auto changed it
             for i, r, acc in zip(wave, rows, accs, strict=True):
                 test_ids = np.array([GROUP_TEST_ID]) if job.group else job.test.ids[r]
                 table = ranked_table(test_ids, acc.harmful_ids, acc.harmful, acc.helpful_ids, acc.helpful, meta)

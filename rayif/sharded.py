@@ -23,7 +23,7 @@ from .errors import RayifError
 from .executors import Call, Executor
 from .ihvp import KroneckerFactors, SolveStats, kfac
 from .ihvp.cg import KrylovSpace, low_precision, refined_cg
-from .ihvp.exact import ExactSolver, explicit_matrix
+from .ihvp.exact import ExactSolver
 from .ihvp.lanczos import smallest_eigenvalue
 from .job_folder import FACTORS
 from .kernels import chunk_grid
@@ -101,19 +101,17 @@ class ShardedSolve:
     def solve(self, vectors: Tensor) -> tuple[Tensor, SolveStats]:
         """``(C + damping I)^-1`` applied to each row of ``vectors [m, p]``, and what it cost."""
         if isinstance(self.solver, ExactConfig):
-            return self.exact().solve(vectors), SolveStats.one(0, False)
+            exact = self.exact()
+            return exact.solve(vectors), exact.stats
         low = low_precision(self.solver, vectors.dtype)
         apply_low = None if low is None else (lambda v: self.product(v, dtype_name(low)))
         return refined_cg(self.product, apply_low, self.precondition, vectors, self.solver, self.space)
 
     def exact(self) -> ExactSolver:
-        """The explicit curvature, built once in column blocks (each block one sharded product) and
-        eigendecomposed on the driver."""
+        """The explicit curvature, built once in column blocks (each block one sharded product, in float32
+        for a float64 model with ``ExactConfig.mixed_precision``) and eigendecomposed on the driver."""
         if self._exact is None:
-            num = self.ex.infos[0]["num_params"]
-            ExactSolver.check_size(num, self.solver)
-            self._exact = ExactSolver.from_matrix(explicit_matrix(self.curvature, num, self.dtype), self.solver,
-                                                  self.dtype)
+            self._exact = ExactSolver.build(self.curvature, self.ex.infos[0]["num_params"], self.solver, self.dtype)
         return self._exact
 
 

@@ -13,7 +13,7 @@ import rayif
 from rayif import CGConfig, ExactConfig, LissaConfig, digits
 from rayif.data import as_examples
 from rayif.grads import Objective
-from rayif.ihvp.exact import explicit_hessian
+from rayif.ihvp.exact import ExactSolver, explicit_hessian
 
 from .conftest import correlations
 
@@ -78,6 +78,40 @@ def test_cg_matches_exact(mlp):
     for a, b in zip(exact, cg, strict=True):
         assert st.pearsonr(a, b)[0] >= 0.999
     np.testing.assert_allclose(cg, exact, rtol=1e-4, atol=1e-6 * np.abs(exact).max())
+
+
+def test_mixed_precision_exact_is_checked_refined_or_rebuilt(mlp, caplog):
+    """A float32-built matrix answers to ``tol`` in float64 products: checked in one pass, refined where a
+    tighter ``tol`` asks, and built again from float64 products where refinement cannot reach it."""
+    task, sp = mlp
+    obj, ex = Objective(task), as_examples((sp.x_train, sp.y_train))
+    b = obj.test_grads(as_examples((sp.x_test[:6], sp.y_test[:6]))).double()
+    a = explicit_hessian(obj, ex) + 1e-3 * torch.eye(obj.num_params, dtype=torch.float64)
+
+    def residual(x):
+        return float(((b - x @ a).norm(dim=1) / b.norm(dim=1)).max())
+
+    full = ExactSolver(obj, ex, ExactConfig())
+    want = full.solve(b)
+    assert residual(want) < 1e-10 and full.low is None
+    mixed = ExactSolver(obj, ex, ExactConfig(mixed_precision=True))
+    got = mixed.solve(b)
+    assert mixed.stats.iterations == 1 and 0 < residual(got) <= 1e-5  # float32's rounding, within tol
+    tight = ExactSolver(obj, ex, ExactConfig(mixed_precision=True, tol=1e-9))
+    refined = tight.solve(b)
+    assert tight.stats.iterations >= 2 and residual(refined) <= 1e-9 and tight.low is not None
+    impossible = ExactSolver(obj, ex, ExactConfig(mixed_precision=True, tol=1e-17))
+    with caplog.at_level("WARNING", logger="rayif"):
+        rebuilt = impossible.solve(b)
+    assert "building it again from float64" in caplog.text and impossible.low is None
+    assert torch.equal(rebuilt, want)  # the float64 matrix, as ExactConfig() builds it
+    # the inverse handed to self-influence: probed on random vectors, rebuilt where they miss tol
+    np.testing.assert_allclose(mixed.inverse().numpy(), torch.linalg.inv(a).numpy(), rtol=1e-3,
+                               atol=1e-5 * float(torch.linalg.inv(a).abs().max()))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rayif"):
+        probed = ExactSolver(obj, ex, ExactConfig(mixed_precision=True, tol=1e-17)).inverse()
+    assert "on random vectors" in caplog.text and torch.equal(probed, full.inverse())
 
 
 def test_batched_s_test_equals_single_point_runs(mlp):

@@ -108,7 +108,7 @@ def test_one_solve_runs_on_every_worker_with_the_same_bits_on_one_or_two(ray_loc
     computes, summed on the driver in shard order: two workers share one solve and give one worker's bits."""
     task, train, test = data
     run = RunConfig(chunk_size=64, test_batch_size=8)  # 16 shards of 64 rows: both workers get some
-    for solver in (CGConfig(), ExactConfig(), AutoConfig()):
+    for solver in (CGConfig(), ExactConfig(mixed_precision=True), AutoConfig()):
         one = rayif.explain(task, train, test, top=5, solver=solver, run_config=run,
                             scaling_config=ScalingConfig(num_workers=1, resources_per_worker=HALF_CPU))
         two = rayif.explain(task, train, test, top=5, solver=solver, run_config=run,
@@ -120,9 +120,9 @@ def test_one_solve_runs_on_every_worker_with_the_same_bits_on_one_or_two(ray_loc
         if isinstance(solver, AutoConfig):  # the probe's smallest eigenvalue, to the bit
             low = [metadata(t)["solver_choice"]["smallest_hessian_eigenvalue"] for t in (one, two)]
             assert low[0] is not None and low[0] == low[1], low
-    # self-influence: the explicit matrix once, from both workers' products; every row's solve is one product
-    # with its inverse, on either worker
-    tables = [rayif.self_influence(task, train, solver=ExactConfig(), run_config=run,
+    # self-influence: the explicit matrix once, from both workers' products (float32 ones, then float64 ones
+    # for its probe); every row's solve is one product with its inverse, on either worker
+    tables = [rayif.self_influence(task, train, solver=ExactConfig(mixed_precision=True), run_config=run,
                                    scaling_config=ScalingConfig(num_workers=k, resources_per_worker=HALF_CPU))
               for k in (1, 2)]
     for column in ("train_id", "self_influence"):

@@ -13,7 +13,7 @@ from rayif import AutoConfig, CGConfig, EKFACConfig, ExactConfig, LissaConfig, R
 from rayif.api import fit_factors, solver_config
 from rayif.config import DEFAULT_DAMPING
 from rayif.data import as_examples
-from rayif.errors import LissaDivergenceError, RayifError
+from rayif.errors import ConvergenceError, LissaDivergenceError, RayifError
 from rayif.grads import Objective
 from rayif.ihvp import KroneckerFactors
 from rayif.ihvp.exact import explicit_hessian
@@ -208,9 +208,11 @@ def test_auto_chooses_by_size_and_records_why(logistic):
     chosen = AutoConfig(curvature="ggn", damping=0.01).choose(100, 20_000)[0]
     assert (chosen.curvature, chosen.damping) == ("ggn", 0.01)
     # past exact_budget, many right-hand sides still make the explicit matrix the cheaper solve
-    assert isinstance(AutoConfig().choose(100_000, 4810, 100_000, double=True)[0], ExactConfig)  # self-influence
+    many = AutoConfig().choose(100_000, 4810, 100_000)[0]  # self-influence of every row
+    assert isinstance(many, ExactConfig) and many.mixed_precision and many.tol == 1e-5
+    assert AutoConfig(target="rank").choose(100_000, 4810, 100_000)[0].tol == 1e-3
     assert isinstance(AutoConfig().choose(100_000, 4810, 1000)[0], ExactConfig)  # 4810 <= 8 * 1000
-    assert isinstance(AutoConfig().choose(100_000, 4810, 1000, double=True)[0], CGConfig)  # float64: 2 * 4810
+    assert isinstance(AutoConfig().choose(100_000, 4810, 500)[0], CGConfig)  # 4810 > 8 * 500
     assert isinstance(AutoConfig().choose(100_000, 20_000, 100_000)[0], CGConfig)  # p > max_params
     task, sp = logistic
     some = rayif.self_influence(task, (sp.x_train, sp.y_train), train_ids=np.arange(5))
@@ -220,9 +222,33 @@ def test_auto_chooses_by_size_and_records_why(logistic):
     meta = rayif.results.metadata(table)
     assert meta["solver_choice"]["requested"] == "auto" and meta["solver_choice"]["chosen"] == "exact"
     assert "max_params" in meta["solver_choice"]["reason"] and meta["solver"]["method"] == "exact"
+    # float32 products build the float64 model's matrix; one float64 pass checks the batch's 30 answers
+    assert meta["solver"]["mixed_precision"] and meta["job"]["solver_stats"]["iterations"] == 1
     one = rayif.explain(task, (sp.x_train, sp.y_train), (sp.x_test[:30], sp.y_test[:30]), top=3, group=True)
     meta = rayif.results.metadata(one)  # one test vector: CG's passes are cheaper than the 650 x 650 matrix
     assert meta["solver_choice"]["chosen"] == "cg" and "m=1" in meta["solver_choice"]["reason"]
+
+
+def test_auto_replaces_a_cg_that_does_not_converge_by_the_mixed_precision_exact_solve(mlp, monkeypatch):
+    """Where the explicit matrix fits, a CG that gives up hands the job to the exact solve at CG's tolerance,
+    its matrix from float32 products, every answer checked in float64."""
+    import rayif.sharded
+
+    def gives_up(*args, **kwargs):
+        raise ConvergenceError("CG did not reach tol (this test)")
+
+    task, sp = mlp
+    train, test = (sp.x_train, sp.y_train), (sp.x_test[:8], sp.y_test[:8])
+    want = rayif.influence_matrix(task, train, test, ExactConfig())
+    monkeypatch.setattr(rayif.sharded, "refined_cg", gives_up)
+    table = rayif.explain(task, train, test, top=3)
+    meta = rayif.results.metadata(table)
+    assert meta["solver_choice"]["chosen"] == "exact" and "CG did not converge" in meta["solver_choice"]["reason"]
+    assert meta["solver"]["method"] == "exact" and meta["solver"]["mixed_precision"] and meta["solver"]["tol"] == 1e-5
+    assert meta["job"]["solver_stats"]["iterations"] >= 1  # the float64 check
+    got = rayif.influence_matrix(task, train, test, ExactConfig(mixed_precision=True))
+    assert not np.array_equal(got, want)  # float32 products built it
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
 def test_auto_target_trades_exactness_for_passes(mlp):
