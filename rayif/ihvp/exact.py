@@ -2,9 +2,9 @@
 
 The matrix costs ``p`` vector-products over the training data. With ``ExactConfig.mixed_precision`` a
 float64 model's matrix is built from float32 products (2.1-2.3x cheaper on a CPU) and factored in float64;
-its rounding then moves an answer by about ``kappa * 1e-7`` of it, which float64 products check: every test
-vector's residual (refined where it is above ``tol``), or, for the inverse handed to self-influence (whose
-rows cannot each be checked), seeded Gaussian probes, which weigh every eigendirection alike. A matrix that
+its rounding then leaves a relative residual of up to about ``kappa * 1e-7``, which float64 products check:
+every test vector's (refined where it is above ``tol``), or, for the inverse handed to self-influence (whose
+rows cannot each be checked), seeded Gaussian probes', which weigh every eigendirection alike. A matrix that
 fails is built again from float64 products.
 """
 
