@@ -70,6 +70,8 @@ class ExactConfig:
         _check_common("ExactConfig", self.damping, self.curvature)
         _check(self.max_params >= 1, f"ExactConfig.max_params must be >= 1, got {self.max_params}")
         _check(0 < self.tol < 1, f"ExactConfig.tol must be in (0, 1), got {self.tol}")
+        _check(isinstance(self.mixed_precision, bool),
+               f"ExactConfig.mixed_precision must be true or false, got {self.mixed_precision!r}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class CGConfig:
         _check(0 < self.tol < 1, f"CGConfig.tol must be in (0, 1), got {self.tol}")
         _check(self.max_iter >= 1, f"CGConfig.max_iter must be >= 1, got {self.max_iter}")
         _check(self.recycle >= 0, f"CGConfig.recycle must be >= 0, got {self.recycle}")
+        _check(isinstance(self.mixed_precision, bool),
+               f"CGConfig.mixed_precision must be true or false, got {self.mixed_precision!r}")
 
 
 @dataclass(frozen=True)

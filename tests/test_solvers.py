@@ -300,3 +300,8 @@ def test_solvers_by_name_and_bad_options():
         LissaConfig(preconditioner="shampoo")
     with pytest.raises(RayifError, match="unknown solver method"):
         solver_config("newton")
+    for cls in (CGConfig, ExactConfig):  # a CLI option's "false" as a string would read as true
+        with pytest.raises(RayifError, match="mixed_precision must be true or false, got 'false'"):
+            cls(mixed_precision="false")
+    with pytest.raises(RayifError, match=r"ExactConfig.tol must be in \(0, 1\)"):
+        ExactConfig(tol=0.0)
