@@ -89,12 +89,13 @@ class ShardedSolve:
         # the first batch's search directions, for the later ones
         self.space = KrylovSpace(getattr(solver, "recycle", 0) if later else 0, ex.infos[0]["num_params"])
 
-    def curvature(self, vectors: Tensor, dtype: str | None = None) -> Tensor:
+    def curvature(self, vectors: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``C v`` for each row of ``vectors [m, p]``: one pass over the training data, its shards on any
-        worker, summed in shard order. ``dtype``: the products' (e.g. ``"float32"``; default the model's)."""
-        return sharded_product(self.ex, self.shards, vectors, self.solver.curvature, self.run.chunk_size, dtype)
+        worker, summed in shard order. ``dtype``: the products' (e.g. ``torch.float32``; default the model's)."""
+        name = None if dtype is None else dtype_name(dtype)
+        return sharded_product(self.ex, self.shards, vectors, self.solver.curvature, self.run.chunk_size, name)
 
-    def product(self, vectors: Tensor, dtype: str | None = None) -> Tensor:
+    def product(self, vectors: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``(C + damping I) v``, as :meth:`curvature`."""
         return self.curvature(vectors, dtype) + self.solver.damping * vectors
 
@@ -104,7 +105,7 @@ class ShardedSolve:
             exact = self.exact()
             return exact.solve(vectors), exact.stats
         low = low_precision(self.solver, vectors.dtype)
-        apply_low = None if low is None else (lambda v: self.product(v, dtype_name(low)))
+        apply_low = None if low is None else (lambda v: self.product(v, low))
         return refined_cg(self.product, apply_low, self.precondition, vectors, self.solver, self.space)
 
     def exact(self) -> ExactSolver:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..config import CGConfig
+from ..config import CGConfig, ExactConfig
 from ..data import Examples
 from ..errors import ConvergenceError, IndefiniteError
 from ..grads import Objective
@@ -193,8 +193,9 @@ def _check_pace(history: list[float], it: int, cfg: CGConfig) -> None:
             "or CGConfig.damping, or use a preconditioner")
 
 
-def low_precision(config: CGConfig, dtype: torch.dtype) -> torch.dtype | None:
-    """The dtype of the curvature products of a ``dtype`` model under ``config`` (``None``: its own)."""
+def low_precision(config: CGConfig | ExactConfig, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype of the curvature products of a ``dtype`` model under ``config`` (``None``: its own): CG's
+    iterations and the explicit matrix's build share the rule."""
     return torch.float32 if config.mixed_precision and dtype == torch.float64 else None
 
 

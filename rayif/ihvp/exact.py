@@ -20,6 +20,7 @@ from ..config import ExactConfig
 from ..data import Examples
 from ..errors import IndefiniteError, RayifError
 from ..grads import Objective
+from .cg import low_precision
 from .stats import SolveStats
 
 log = logging.getLogger("rayif")
@@ -28,8 +29,8 @@ _COLUMNS = 512  # identity columns per product of an explicit matrix's build
 _REFINEMENTS = 3  # rounds of refinement against float64 products before the matrix is rebuilt in float64
 _PROBES = 32  # Gaussian vectors that check a float32-built inverse before it is handed out
 
-Curvature = Callable[[Tensor, "str | None"], Tensor]
-"""``(v [k, p], dtype name or None: the model's) -> C v``: one pass of curvature products."""
+Curvature = Callable[[Tensor, "torch.dtype | None"], Tensor]
+"""``(v [k, p], the products' dtype or None: the model's) -> C v``: one pass of curvature products."""
 
 
 def explicit_matrix(apply: Callable[[Tensor], Tensor], p: int, dtype: torch.dtype,
@@ -52,8 +53,8 @@ class ExactSolver:
     """``(C + damping I)^-1 V`` through an eigendecomposition of the explicit curvature ``C`` (float64)."""
 
     def __init__(self, objective: Objective, train: Examples, config: ExactConfig, *, chunk_size: int = 256):
-        def curvature(v: Tensor, dtype: str | None = None) -> Tensor:
-            o = objective if dtype is None else objective.in_dtype(getattr(torch, dtype))
+        def curvature(v: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+            o = objective if dtype is None else objective.in_dtype(dtype)
             return o.full_hvp(v.to(o.device, o.dtype), train, chunk_size, config.curvature).to(v.device, v.dtype)
 
         self._build(curvature, objective.num_params, config, objective.dtype)
@@ -79,13 +80,13 @@ class ExactSolver:
         self.check_size(p, config)
         self.dtype, self.config, self.stats = dtype, config, SolveStats()
         self._curvature, self._p = curvature, p
-        self.low = torch.float32 if config.mixed_precision and dtype == torch.float64 else None
+        self.low = low_precision(config, dtype)
         self._probed = False
         self._factor(self.low or dtype)
 
     def _factor(self, dtype: torch.dtype) -> None:
-        name = None if dtype == self.dtype else str(dtype).replace("torch.", "")
-        h = explicit_matrix(lambda v: self._curvature(v, name), self._p, dtype)
+        low = None if dtype == self.dtype else dtype
+        h = explicit_matrix(lambda v: self._curvature(v, low), self._p, dtype)
         evals, self._evecs = torch.linalg.eigh(h)
         self.eigenvalues = evals
         self._shifted = evals + self.config.damping
