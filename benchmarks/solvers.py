@@ -265,6 +265,27 @@ def self_influence(rows: int = 20_000) -> list[dict]:
     return out
 
 
+def self_influence_cg(rows: int = 20_000, sample: int = 512) -> list[dict]:
+    """CG's self-influence of ``sample`` rows of a ``rows``-row float64 mixture (``CGConfig()``, parts of 256
+    rows) on 1 and on 2 Ray workers (one CPU each): since 0.9.5 one sharded solve per part, the later part from
+    the first's Krylov space, so the two give the same bits (before, each worker solved whole parts with its
+    own recycled space, and the bits depended on which worker solved which part)."""
+    task, sp = mixture_task(rows, 1000, weight_decay=1e-2)
+    out, values = [], []
+    for k in (1, 2):
+        t0 = time.perf_counter()
+        table = rayif.self_influence(task, (sp.x_train, sp.y_train), solver=CGConfig(), train_ids=np.arange(sample),
+                                     scaling_config=ScalingConfig(num_workers=k, resources_per_worker={"CPU": 1}))
+        secs, job = time.perf_counter() - t0, rayif.results.metadata(table)["job"]
+        values.append(table["self_influence"].to_pylist())
+        out.append({"workers": k, "rows": rows, "sample": sample, "seconds": secs, **job["solver_stats"]})
+        print(f"CG self-influence, {sample} of {rows} mixture rows, {k} worker(s): {secs:.1f}s {out[-1]}", flush=True)
+    for r in out:
+        r["speedup"] = out[0]["seconds"] / r["seconds"]
+        r["bit_identical"] = "yes" if values[r["workers"] - 1] == values[0] else "NO"
+    return out
+
+
 def _peak_rss(which: str, path: str) -> float:
     """Peak RSS (MiB) of a fresh process that loads the 100k mixture's trained task and data from ``path``
     and runs ``which`` on them: ``"rayif"`` (auto, in this process: driver and worker in one) or
@@ -341,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch32", action="store_true", help="also 1000 test points of a float32 mixture (~20 min)")
     ap.add_argument("--self-influence", action="store_true",
                     help="also every row's self-influence of a 20k-row mixture, float64 vs float32 matrix (~6 min)")
+    ap.add_argument("--self-influence-cg", action="store_true",
+                    help="also CG's self-influence of 512 rows of a 20k-row mixture on 1 and 2 Ray workers (~4 min)")
     ap.add_argument("--memory", action="store_true", help="also peak RSS against kronfluence (fresh processes)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/solvers.json)")
     args = ap.parse_args(argv)
@@ -378,6 +401,11 @@ def main(argv: list[str] | None = None) -> None:
                     [("what", "what", "s"), ("chosen", "chosen", "s"), ("seconds", "s", ".1f"),
                      ("speedup", "speedup", ".2f"), ("max_rel_diff", "max rel diff", ".1e"),
                      ("spearman", "Spearman", ".6f")])
+    if args.self_influence_cg:
+        out["self_influence_cg"] = self_influence_cg()
+        print_table("CG's self-influence of 512 rows of a 20k-row mixture on Ray workers", out["self_influence_cg"],
+                    [("workers", "workers", "d"), ("seconds", "s", ".1f"), ("speedup", "speedup", ".2f"),
+                     ("iterations", "passes", "d"), ("solves", "solves", "d"), ("bit_identical", "bit-identical", "s")])
     if args.memory:
         out["memory"] = memory()
         print_table("peak RSS on the 100k mixture, each in a fresh process", out["memory"],

@@ -111,6 +111,10 @@ class Replica:
                        for i in range(0, len(rows), 1024)])
         return g.mean(0, keepdim=True) if group else g
 
+    def train_vectors(self, rows: slice | np.ndarray, chunk_size: int) -> Tensor:
+        """``[len(rows), p]`` training-loss gradients of training rows ``rows`` (a range or positions)."""
+        return torch.cat([self.objective.train_grads(self.train.take(piece)) for piece in chunked(rows, chunk_size)])
+
     def s_test(self, rows: np.ndarray, group: bool, solver: SolverConfig, scale: float | None, seed: int,
                repetition: int | None, chunk_size: int, factors: KroneckerFactors | None = None
                ) -> tuple[Tensor, SolveStats]:
@@ -184,8 +188,9 @@ class Replica:
                        repetition: int | None, chunk_size: int, factors: KroneckerFactors | None = None,
                        inverse: Tensor | None = None) -> tuple[np.ndarray, SolveStats]:
         """``grad L(z)^T h(z)`` for training rows ``rows`` (a range or positions): ``h`` is LiSSA repetition
-        ``repetition`` of ``H^-1 grad L(z)`` (the driver averages them in order), or the other solvers' solve;
-        with ``inverse`` (``[p, p]`` float64, the exact solve's, built once by the driver), ``inverse @ g``."""
+        ``repetition`` of ``H^-1 grad L(z)`` (the driver averages them in order), or EK-FAC's (the driver
+        solves CG's parts itself: :mod:`rayif.self_influence_job`); with ``inverse`` (``[p, p]`` float64, the
+        exact solve's, built once by the driver), ``inverse @ g``."""
         if inverse is not None:  # ``rows`` spans several chunks here: their gradients one chunk at a time
             inv, out = inverse.to(self.device), []
             for piece in chunked(rows, chunk_size):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +35,12 @@ from .job_folder import (
 )
 from .kernels import TopInfluence, candidate_plan, candidate_positions, chunk_grid, shards
 from .progress import Progress
-from .replica import check_ranges, chunked
-from .results import GROUP_TEST_ID, SELF_INFLUENCE_SCHEMA, ranked_table, with_metadata
+from .replica import check_ranges
+from .results import GROUP_TEST_ID, ranked_table, with_metadata
+from .self_influence_job import SelfInfluenceJob
 from .sharded import ShardedSolve, load_or_fit_factors, smallest_hessian_eigenvalue, test_vectors
 
 log = logging.getLogger("rayif")
-
-_INVERSE_CHUNKS = 16  # chunks per self-influence unit that applies the exact inverse ([p, p], read once)
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class Job:
     self_rows: np.ndarray | None = None  # training positions whose self-influence is wanted (None: all)
 
 
-class Runner:
+class Runner(SelfInfluenceJob):
     """Runs a :class:`Job` on an :class:`~rayif.executors.Executor`."""
 
     def __init__(self, job: Job, executor: Executor):
@@ -76,8 +75,7 @@ class Runner:
             raise RayifError("the workers built models with different weights: Task.model_factory must return "
                              "the same trained model every time it is called")
         self.fingerprint = fingerprints.pop()
-        rows = len(job.train) if job.self_rows is None else len(job.self_rows)  # self-influence's
-        vectors = rows if job.test is None else 1 if job.group else len(job.test)
+        vectors = self._self_rows() if job.test is None else 1 if job.group else len(job.test)
         self.auto = Choice(job.solver, len(job.train), executor.infos[0]["num_params"], vectors)
         self.stats = SolveStats()
         self.grad_path: dict | None = None  # the replicas' per-example gradient path, once validated
@@ -218,7 +216,8 @@ class Runner:
         if self._sharded is None or self._sharded.solver != self.solver:
             factors = self._factor_values if self.factors() is not None else None
             dtype = getattr(torch, self.ex.infos[0]["dtype"])
-            later = self.job.test is not None and len(self._batches()) > 1
+            job = self.job  # later solves recycle the first's Krylov space: test batches or self-influence parts
+            later = len(self._batches()) > 1 if job.test is not None else self._self_rows() > self.run.test_batch_size
             self._sharded = ShardedSolve(self.ex, len(self.job.train), self.run, self.solver, factors, dtype, later)
         return self._sharded
 
@@ -370,39 +369,3 @@ class Runner:
                 rows_out.append(np.concatenate([blocks[w.start] for w in grid], axis=1))
         self._lap("matrix")
         return np.concatenate(rows_out)
-
-    def self_influence(self) -> pa.Table:
-        """``(train_id, self_influence)`` of every training example (or of ``Job.self_rows``), largest first."""
-        self.validate()
-        job, size, rows = self.job, self.run.chunk_size, self.job.self_rows
-        ids = job.train.ids if rows is None else job.train.ids[rows]
-        wanted = slice(0, len(job.train)) if rows is None else rows
-
-        def units(scale, factors):
-            # every row's exact solve is one product with the inverse, on any worker; asked here, not before,
-            # so a CG that auto replaces by the exact solve gets it too
-            exact = self._exact_inverse()
-            reps = range(self.solver.repetitions) if isinstance(self.solver, LissaConfig) else [None]
-            # a unit reads the [p, p] inverse once, so it gets several chunks (a count set by the rows alone)
-            parts = chunked(wanted, size * (_INVERSE_CHUNKS if exact is not None else 1))
-            return [Call("self_influence", (p, self.solver, scale, job.seed, t, size, factors, exact))
-                    for p in parts for t in reps], parts
-
-        @contextmanager
-        def progress(calls):
-            with Progress(sum(_rows(c.args[0]) for c in calls), "rayif self-influence", "example",
-                          enabled=self.run.progress) as bar:
-                yield lambda k: bar.update(_rows(calls[k].args[0]))
-
-        results, parts = self._solve(units, progress)
-        reps = len(results) // len(parts)  # in repetition order within each part
-        values = [mean_of_repetitions(results[i * reps : (i + 1) * reps]) for i in range(len(parts))]
-        v = np.concatenate(values)
-        order = np.lexsort((ids, -v))
-        self._lap("self_influence")
-        table = pa.Table.from_arrays([pa.array(ids[order]), pa.array(v[order])], schema=SELF_INFLUENCE_SCHEMA)
-        return with_metadata(table, {**self.metadata(), "job": self.report()})
-
-
-def _rows(part: slice | np.ndarray) -> int:
-    return part.stop - part.start if isinstance(part, slice) else len(part)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,23 @@ def test_vectors(ex: Executor, rows: np.ndarray, group: bool, block: int) -> Ten
         (v,) = ex.map([Call("test_vectors", (rows, True))])
         return v
     return torch.cat(ex.map([Call("test_vectors", (rows[i : i + block], False)) for i in range(0, len(rows), block)]))
+
+
+def self_influence_by_solve(ex: Executor, solve: ShardedSolve, parts: list, chunk_size: int,
+                            done: Callable[[int], None]) -> tuple[np.ndarray, SolveStats]:
+    """``g^T (C + damping I)^-1 g`` of each training row in ``parts`` (ranges or positions), and what it cost:
+    one ``solve`` per part, in order, so every worker computes each solve's products and the later solves
+    start from the first's Krylov space (``ShardedSolve(later=True)``). The parts' gradients are computed a
+    wave at a time, one part per worker. ``done(rows)`` after each part."""
+    out, stats, width = [], SolveStats(), ex.num_workers
+    for w in range(0, len(parts), width):
+        wave = parts[w : w + width]
+        for g in ex.map([Call("train_vectors", (part, chunk_size)) for part in wave]):
+            s, st = solve.solve(g)
+            stats = stats + st
+            out.append((g.double() * s.double()).sum(1).numpy())
+            done(len(g))
+    return np.concatenate(out), stats
 
 
 def load_or_fit_factors(ex: Executor, train: Examples, run: RunConfig, kind: str, fingerprint: str

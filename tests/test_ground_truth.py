@@ -165,3 +165,24 @@ def test_self_influence_flags_flipped_labels(logistic):
     small = rayif.self_influence(task, (sp.x_train, y), solver=ExactConfig(), run_config=rayif.RunConfig(chunk_size=16))
     again = dict(zip(small.column("train_id").to_pylist(), small.column("self_influence").to_pylist(), strict=True))
     assert again.keys() == values.keys() and all(again[i] == pytest.approx(values[i], rel=1e-9) for i in values)
+
+
+def test_cg_self_influence_recycles_one_krylov_space_and_equals_exact(mlp):
+    """CG's self-influence solves parts of test_batch_size rows on the driver, the later parts from the first's
+    Krylov space: each row's value is the exact one, and recycling cuts the later parts' passes."""
+    task, sp = mlp
+    train, ids = (sp.x_train, sp.y_train), np.arange(0, 1000, 20)  # 50 rows: parts of 16, 16, 16, 2
+    run = rayif.RunConfig(test_batch_size=16)
+    exact = rayif.self_influence(task, train, solver=ExactConfig(), train_ids=ids)
+    want = dict(zip(exact["train_id"].to_pylist(), exact["self_influence"].to_pylist(), strict=True))
+    passes = {}
+    for recycle in (0, CGConfig.recycle):
+        table = rayif.self_influence(task, train, solver=CGConfig(tol=1e-8, recycle=recycle), train_ids=ids,
+                                     run_config=run)
+        got = dict(zip(table["train_id"].to_pylist(), table["self_influence"].to_pylist(), strict=True))
+        assert got.keys() == want.keys()
+        assert all(got[i] == pytest.approx(want[i], rel=1e-6) for i in want)
+        stats = rayif.results.metadata(table)["job"]["solver_stats"]
+        assert stats["solves"] == 4 and stats["capped"] == 0, stats
+        passes[recycle] = stats["iterations"]
+    assert passes[CGConfig.recycle] < 0.8 * passes[0], passes

@@ -121,14 +121,17 @@ def test_one_solve_runs_on_every_worker_with_the_same_bits_on_one_or_two(ray_loc
             low = [metadata(t)["solver_choice"]["smallest_hessian_eigenvalue"] for t in (one, two)]
             assert low[0] is not None and low[0] == low[1], low
     # self-influence: the explicit matrix once, from both workers' products (float32 ones, then float64 ones
-    # for its probe); every row's solve is one product with its inverse, on either worker
-    tables = [rayif.self_influence(task, train, solver=ExactConfig(mixed_precision=True), run_config=run,
-                                   scaling_config=ScalingConfig(num_workers=k, resources_per_worker=HALF_CPU))
-              for k in (1, 2)]
-    for column in ("train_id", "self_influence"):
-        assert tables[0][column].to_pylist() == tables[1][column].to_pylist()
-    busy = _job(tables[1])["worker_busy"]
-    assert all(b.get("product", 0) > 0 for b in busy) and any(b.get("self_influence", 0) > 0 for b in busy), busy
+    # for its probe); every row's solve is one product with its inverse, on either worker. CG: parts of 8 rows,
+    # each one solve on both workers, the later ones from the first's Krylov space (one space, one set of bits)
+    for solver, ids in ((ExactConfig(mixed_precision=True), None), (CGConfig(), np.arange(0, 1000, 40))):
+        tables = [rayif.self_influence(task, train, solver=solver, run_config=run, train_ids=ids,
+                                       scaling_config=ScalingConfig(num_workers=k, resources_per_worker=HALF_CPU))
+                  for k in (1, 2)]
+        for column in ("train_id", "self_influence"):
+            assert tables[0][column].to_pylist() == tables[1][column].to_pylist()
+        busy = _job(tables[1])["worker_busy"]
+        unit = "self_influence" if isinstance(solver, ExactConfig) else "train_vectors"
+        assert all(b.get("product", 0) > 0 for b in busy) and any(b.get(unit, 0) > 0 for b in busy), busy
 
 
 def test_exact_solver_and_candidate_ids_on_ray(ray_local, data):

@@ -249,6 +249,14 @@ def test_auto_replaces_a_cg_that_does_not_converge_by_the_mixed_precision_exact_
     got = rayif.influence_matrix(task, train, test, ExactConfig(mixed_precision=True))
     assert not np.array_equal(got, want)  # float32 products built it
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    # self-influence of a few rows: CG's parts give up too, and the exact inverse answers every row
+    ids = np.arange(0, 1000, 100)
+    some = rayif.self_influence(task, train, train_ids=ids, run_config=rayif.RunConfig(test_batch_size=4))
+    meta = rayif.results.metadata(some)
+    assert meta["solver_choice"]["chosen"] == "exact" and "CG did not converge" in meta["solver_choice"]["reason"]
+    exact = rayif.self_influence(task, train, solver=ExactConfig(), train_ids=ids)
+    assert some["train_id"].to_pylist() == exact["train_id"].to_pylist()
+    np.testing.assert_allclose(some["self_influence"].to_numpy(), exact["self_influence"].to_numpy(), rtol=1e-4)
 
 
 def test_auto_target_trades_exactness_for_passes(mlp):
