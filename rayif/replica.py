@@ -197,7 +197,7 @@ class Replica:
                 g = self.objective.train_grads(self.train.take(piece)).double()
                 out.append((g * (g @ inv)).sum(1).cpu().numpy())
             return np.concatenate(out), SolveStats()
-        g = self.objective.train_grads(self.train.take(rows))
+        g = self.train_vectors(rows, chunk_size)
         h, stats = self._inverse(g, solver, scale, seed, repetition, chunk_size, factors)
         require_finite_vectors(h, "H^-1 grad L(z)")
         return (g * h).sum(1).double().cpu().numpy(), stats

@@ -218,7 +218,7 @@ class Runner(SelfInfluenceJob):
             dtype = getattr(torch, self.ex.infos[0]["dtype"])
             job = self.job  # later solves recycle the first's Krylov space: test batches or self-influence parts
             later = len(self._batches()) > 1 if job.test is not None else self._self_rows() > self.run.test_batch_size
-            self._sharded = ShardedSolve(self.ex, len(self.job.train), self.run, self.solver, factors, dtype, later)
+            self._sharded = ShardedSolve(self.ex, len(job.train), self.run, self.solver, factors, dtype, later)
         return self._sharded
 
     def _exact_inverse(self) -> Any:

@@ -11,12 +11,11 @@ from typing import Protocol
 
 from torch import Tensor
 
-from ..config import CGConfig, EKFACConfig, ExactConfig, SolverConfig
+from ..config import EKFACConfig, ExactConfig, SolverConfig
 from ..data import Examples
 from ..grads import Objective
-from .cg import CGSolver
 from .exact import ExactSolver
-from .kfac import KroneckerFactors, preconditioner
+from .kfac import KroneckerFactors
 from .lissa import estimate_scale, lissa_repetition, mean_of_repetitions
 from .stats import SolveStats
 
@@ -41,7 +40,7 @@ class EKFACSolver:
 
 def make_solver(objective: Objective, train: Examples, config: SolverConfig, *, chunk_size: int = 256,
                 factors: KroneckerFactors | None = None) -> InverseHVP:
-    """The exact, CG or EK-FAC solver ``config`` describes, bound to a model replica and its training set.
+    """The exact or EK-FAC solver ``config`` describes, bound to a model replica and its training set.
     ``factors``: the job's Kronecker factors, which the runner fits when ``config.preconditioner`` asks for them.
     LiSSA runs one repetition per unit (:func:`lissa_repetition`), and ``AutoConfig`` is resolved by the runner
     before any unit."""
@@ -52,13 +51,11 @@ def make_solver(objective: Objective, train: Examples, config: SolverConfig, *, 
                         "factors: the runner fits them (rayif.api.fit_factors in one process)")
     if isinstance(config, EKFACConfig):
         return EKFACSolver(factors, config)
-    if isinstance(config, CGConfig):
-        return CGSolver(objective, train, config, chunk_size=chunk_size, precondition=preconditioner(factors, config))
-    raise TypeError(f"make_solver binds exact, CG or EK-FAC, not {config!r}")
+    raise TypeError(f"make_solver binds exact or EK-FAC, not {config!r} (the runner solves CG on the driver, "
+                    "its products sharded: rayif.sharded)")
 
 
 __all__ = [
-    "CGSolver",
     "EKFACSolver",
     "ExactSolver",
     "InverseHVP",

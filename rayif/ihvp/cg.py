@@ -21,9 +21,7 @@ import torch
 from torch import Tensor
 
 from ..config import CGConfig, ExactConfig
-from ..data import Examples
 from ..errors import ConvergenceError, IndefiniteError
-from ..grads import Objective
 from .stats import SolveStats
 
 _PACE = 25  # iterations over which CG's rate of convergence is measured
@@ -198,26 +196,3 @@ def low_precision(config: CGConfig | ExactConfig, dtype: torch.dtype) -> torch.d
     iterations and the explicit matrix's build share the rule."""
     return torch.float32 if config.mixed_precision and dtype == torch.float64 else None
 
-
-class CGSolver:
-    """Block CG (:func:`refined_cg`) on full-data curvature products in this process; ``precondition``
-    applies ``M^-1 ~ (C + lambda I)^-1`` to a ``[k, p]`` residual."""
-
-    def __init__(self, objective: Objective, train: Examples, config: CGConfig, *, chunk_size: int = 256,
-                 precondition: Callable[[Tensor], Tensor] | None = None):
-        self.objective, self.train, self.config, self.chunk_size = objective, train, config, chunk_size
-        self.precondition = precondition or (lambda r: r)
-        self.stats = SolveStats()
-        self.space = KrylovSpace(config.recycle, objective.num_params)  # the first solve's, for the later ones
-        low = low_precision(config, objective.dtype)
-        self._low = objective.in_dtype(low) if low is not None else None
-
-    def _apply(self, v: Tensor, objective: Objective | None = None) -> Tensor:
-        o = objective or self.objective
-        hv = o.full_hvp(v.to(o.dtype), self.train, self.chunk_size, self.config.curvature).to(v.dtype)
-        return hv + self.config.damping * v
-
-    def solve(self, vectors: Tensor) -> Tensor:
-        low = None if self._low is None else (lambda v: self._apply(v, self._low))
-        x, self.stats = refined_cg(self._apply, low, self.precondition, vectors, self.config, self.space)
-        return x
