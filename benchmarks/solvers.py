@@ -113,6 +113,8 @@ def solvers(name: str) -> list[tuple[str, object]]:
     """The rows of a workload: the default first, then the frontier's points."""
     rows = [("auto (the default)", AutoConfig()), ("EK-FAC alone", EKFACConfig()),
             ("K-FAC alone", EKFACConfig(eigen_correction=False))]
+    if name in ("mixture", "digits"):  # MLPs: auto before the chain's explicit matrix (0.9.6), in the same run
+        rows.insert(1, ("auto, chain=False (0.9.5's)", AutoConfig(chain=False)))
     rows += [(f"CG + EK-FAC, tol {t:g}", CGConfig(tol=t)) for t in (1e-1, 1e-2, 1e-3)]
     rows += [("CG, no preconditioner, tol 1e-3", CGConfig(preconditioner=None)),
              ("CG + EK-FAC, float64 products", CGConfig(mixed_precision=False)),

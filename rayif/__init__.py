@@ -13,7 +13,7 @@ from .results import SCHEMA, write_parquet
 from .scaling import ScalingConfig
 from .task import Task
 
-__version__ = "0.9.5"
+__version__ = "0.9.6"
 
 __all__ = [
     "SCHEMA",

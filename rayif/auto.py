@@ -25,17 +25,20 @@ class Choice:
     Args:
         requested: what the user asked for (an ``AutoConfig`` or a named solver's config).
         num_train, num_params, num_vectors: ``n``, ``p`` and the right-hand sides (test points) of the job.
+        chain: the model is a chain of linear layers (:mod:`rayif.ihvp.chain`): its explicit matrix is cheap.
     """
 
-    def __init__(self, requested: SolverConfig, num_train: int, num_params: int, num_vectors: int):
+    def __init__(self, requested: SolverConfig, num_train: int, num_params: int, num_vectors: int,
+                 chain: bool = False):
         self.requested, self.n, self.p = requested, num_train, num_params
+        self.chain = chain and getattr(requested, "chain", False)
         self.ggn_problem: str | None = None  # why the loss has no single model output, once checked
         if not isinstance(requested, AutoConfig):
             self.solver = requested
             self.record = {"requested": solver_name(requested), "chosen": solver_name(requested),
                            "reason": "requested", "curvature": requested.curvature}
             return
-        self.solver, reason = requested.choose(num_train, num_params, num_vectors)
+        self.solver, reason = requested.choose(num_train, num_params, num_vectors, chain)
         log.info("rayif: solver='auto' chose %s: %s", solver_name(self.solver), reason)
         self.record = {"requested": "auto", "chosen": solver_name(self.solver), "reason": reason,
                        "curvature": self.solver.curvature}
@@ -63,10 +66,11 @@ class Choice:
         if not isinstance(auto, AutoConfig) or written:
             raise error
         if isinstance(error, ConvergenceError):
-            if self.p > auto.max_params or self.n * self.p > auto.exact_budget:
+            if self.p > auto.max_params or (self.n * self.p > auto.exact_budget and not self.chain):
                 raise error
             tol = self.solver.tol if isinstance(self.solver, CGConfig) else ExactConfig.tol
-            self.solver = ExactConfig(self.solver.damping, self.solver.curvature, auto.max_params, True, tol)
+            self.solver = ExactConfig(self.solver.damping, self.solver.curvature, auto.max_params, True, tol,
+                                      auto.chain)
             self.record["chosen"] = "exact"
             log.warning("rayif: %s: solver='auto' solves exactly instead (p=%d, n=%d)", error, self.p, self.n)
             self._note(f"CG did not converge: exact (p={self.p})")

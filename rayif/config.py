@@ -58,6 +58,10 @@ class ExactConfig:
             inverse self-influence applies: on 32 seeded random vectors); a matrix that cannot reach it is
             built again from float64 products. Off: the float64 matrix, the ground truth.
         tol: the relative residual ``||v - (C + damping I) x|| / ||v||`` a mixed-precision answer must reach.
+        chain: where the selected parameters form a chain of linear layers and elementwise activations (an
+            MLP, an MLP head; :mod:`rayif.ihvp.chain`), build the matrix from per-row factors in the model's
+            dtype, about a tenth of the products' arithmetic, and check it against one product pass
+            (``mixed_precision`` then has nothing to do). False: always from ``p`` curvature products.
     """
 
     damping: float = DEFAULT_DAMPING
@@ -65,6 +69,7 @@ class ExactConfig:
     max_params: int = 10_000
     mixed_precision: bool = False
     tol: float = 1e-5
+    chain: bool = True
 
     def __post_init__(self) -> None:
         _check_common("ExactConfig", self.damping, self.curvature)
@@ -72,6 +77,7 @@ class ExactConfig:
         _check(0 < self.tol < 1, f"ExactConfig.tol must be in (0, 1), got {self.tol}")
         _check(isinstance(self.mixed_precision, bool),
                f"ExactConfig.mixed_precision must be true or false, got {self.mixed_precision!r}")
+        _check(isinstance(self.chain, bool), f"ExactConfig.chain must be true or false, got {self.chain!r}")
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,9 @@ class AutoConfig:
             two thirds of its passes, Spearman >= 0.99 with exact on every benchmark workload but not the
             last digits of the ranking. ``"fast"``: EK-FAC alone (two passes to fit, none to solve), the
             Gauss-Newton curvature; Spearman 0.3-0.8 with exact: a first look, not an answer.
+        chain: where the model is a chain of linear layers (:attr:`ExactConfig.chain`), solve exactly with its
+            cheap explicit matrix whenever it costs less than CG's passes (``p <= 300 m``, ``p <= max_params``,
+            any ``n``). False: the rules above, and every explicit matrix from products.
     """
 
     damping: float = DEFAULT_DAMPING
@@ -265,6 +274,7 @@ class AutoConfig:
     cg_max_rows: int = 1_000_000
     lanczos_steps: int = 20
     target: str = "exact"
+    chain: bool = True
 
     def __post_init__(self) -> None:
         _check_common("AutoConfig", self.damping, self.curvature)
@@ -273,27 +283,36 @@ class AutoConfig:
         _check(self.exact_budget >= 0, f"AutoConfig.exact_budget must be >= 0, got {self.exact_budget}")
         _check(self.cg_max_rows >= 0, f"AutoConfig.cg_max_rows must be >= 0, got {self.cg_max_rows}")
         _check(self.lanczos_steps >= 0, f"AutoConfig.lanczos_steps must be >= 0, got {self.lanczos_steps}")
+        _check(isinstance(self.chain, bool), f"AutoConfig.chain must be true or false, got {self.chain!r}")
 
-    def choose(self, num_train: int, num_params: int, num_vectors: int | None = None
+    def choose(self, num_train: int, num_params: int, num_vectors: int | None = None, chain: bool = False
                ) -> tuple[SolverConfig, str]:
         """The solver for ``num_train`` examples, ``num_params`` selected parameters and ``num_vectors``
         right-hand sides (test points, or the rows of a self-influence job; ``None``: unknown), and why.
         The explicit matrix and CG both take their products in float32 for a float64 model, and both check
         their answers with one float64 pass (:attr:`CGConfig.mixed_precision`,
-        :attr:`ExactConfig.mixed_precision`), so the rule is the same for either dtype."""
+        :attr:`ExactConfig.mixed_precision`), so the rule is the same for either dtype. ``chain``: the model
+        is a chain of linear layers (:attr:`ExactConfig.chain`), whose explicit matrix costs about a tenth
+        of ``p`` products per row whatever ``n`` is."""
         n, p, m = num_train, num_params, num_vectors
         if self.target == "fast":
             return EKFACConfig(self.damping), "target='fast': EK-FAC alone (the Gauss-Newton curvature)"
         tol = _TARGETS[self.target]
+        chain = chain and self.chain
+        if chain and p <= self.max_params and (m is None or p <= _CHAIN_PASSES * m):
+            return (ExactConfig(self.damping, self.curvature, self.max_params, True, tol, self.chain),
+                    f"a chain of linear layers with p={p} <= max_params={self.max_params}: its explicit matrix from "
+                    "per-row factors" + ("" if m is None else f" costs less than CG's passes (p <= {_CHAIN_PASSES}*m,"
+                                         f" m={m})"))
         # the explicit matrix costs p products per training row whatever m is; CG about _CG_PASSES * m, and
         # on a job of many right-hand sides, with its Krylov space recycled, still _CG_RECYCLED * m
         fits = p <= self.max_params and n * p <= self.exact_budget
         if fits and (m is None or p <= _CG_PASSES * m):
-            return (ExactConfig(self.damping, self.curvature, self.max_params, True, tol),
+            return (ExactConfig(self.damping, self.curvature, self.max_params, True, tol, self.chain),
                     f"p={p} <= max_params={self.max_params} and n*p={n * p:.3g} <= "
                     f"exact_budget={self.exact_budget:.3g}" + ("" if m is None else f" and p <= {_CG_PASSES}*m={m}"))
         if p <= self.max_params and m is not None and p <= _CG_RECYCLED * m:
-            return (ExactConfig(self.damping, self.curvature, self.max_params, True, tol),
+            return (ExactConfig(self.damping, self.curvature, self.max_params, True, tol, self.chain),
                     f"p={p} <= max_params={self.max_params} and m={m} right-hand sides: the explicit matrix's p "
                     f"products cost less than CG's ~{_CG_RECYCLED} per vector")
         if fits:
@@ -314,6 +333,9 @@ class AutoConfig:
 
 
 _CG_PASSES = 30  # passes a preconditioned CG typically needs at its default tol (25-35 measured)
+# a chain's explicit matrix (rayif.ihvp.chain) costs about what CG spends on p / _CHAIN_PASSES test vectors: the
+# 100k mixture MLP (p = 4810, float64): its matrix ~30 s, CG's 23 passes over 50 vectors 91 s
+_CHAIN_PASSES = 300
 # products per right-hand side of CG on a job of many, its later test batches started from the first's
 # Krylov space (the 100k mixture: 1000 test points in batches of 256, 8.7)
 _CG_RECYCLED = 8

@@ -22,6 +22,7 @@ from .data import Examples
 from .errors import RayifError
 from .grads import Objective, require_finite_vectors
 from .ihvp import KroneckerFactors, SolveStats, estimate_scale, kfac, lissa_repetition, make_solver
+from .ihvp.chain import Chain, ChainLayout
 from .kernels import ChunkWork, TopInfluence, influence_from_grads
 from .task import Task
 
@@ -59,6 +60,8 @@ class Replica:
         self._cache_bytes = int(grad_cache_mb * 2**20)
         self._cached_bytes = 0
         self.progress: bool | None = False  # a LiSSA bar: the in-process executor turns it on
+        sample = self.train.take(slice(0, 2)).to(device).batch
+        self._chain, self._chain_why = Chain.of(self.objective, sample)
 
     def warm_up(self) -> None:
         """The first per-example gradient and HVP in a fresh process pay about a second of torch.func set-up;
@@ -74,7 +77,8 @@ class Replica:
         o = self.objective
         return {"pid": os.getpid(), "device": self.device, "num_params": o.num_params,
                 "dtype": dtype_name(o.dtype), "model_fingerprint": o.fingerprint(),
-                "params_sha256": hashlib.sha256("\n".join(o.names).encode()).hexdigest()}
+                "params_sha256": hashlib.sha256("\n".join(o.names).encode()).hexdigest(),
+                "chain": self._chain is not None, "chain_why": self._chain_why}
 
     # --- units ------------------------------------------------------------------------------------
 
@@ -134,6 +138,18 @@ class Replica:
         v = vectors.to(self.device, obj.dtype)
         hv = obj.full_hvp(v, self.train.take(slice(start, stop)), chunk_size, curvature)
         return (hv * ((stop - start) / len(self.train))).to(vectors.dtype).cpu()
+
+    def chain_layout(self) -> ChainLayout:
+        """The shape of the model's chain of linear layers (``info()["chain"]`` says whether it has one)."""
+        return self._chain.layout
+
+    def chain_sums(self, start: int, stop: int, curvature: str) -> dict[str, Tensor]:
+        """Training rows ``[start, stop)``'s factor sums of the explicit curvature (:mod:`rayif.ihvp.chain`),
+        summed in chunk order: the driver adds every shard's in shard order."""
+        into: dict[str, Tensor] = {}
+        for chunk in self.train.take(slice(start, stop)).chunks(self._chain.rows_per_chunk()):
+            self._chain.sums(self.objective, chunk.to(self.device).batch, curvature, into)
+        return {k: v.cpu() for k, v in into.items()}
 
     def _objective_in(self, dtype: str | None) -> Objective:
         """This replica's objective, or its copy in ``dtype`` (``"float32"``)."""

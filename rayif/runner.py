@@ -76,7 +76,8 @@ class Runner(SelfInfluenceJob):
                              "the same trained model every time it is called")
         self.fingerprint = fingerprints.pop()
         vectors = self._self_rows() if job.test is None else 1 if job.group else len(job.test)
-        self.auto = Choice(job.solver, len(job.train), executor.infos[0]["num_params"], vectors)
+        info = executor.infos[0]
+        self.auto = Choice(job.solver, len(job.train), info["num_params"], vectors, info.get("chain", False))
         self.stats = SolveStats()
         self.grad_path: dict | None = None  # the replicas' per-example gradient path, once validated
         self._settled = False  # auto's curvature check done

@@ -24,6 +24,7 @@ from .errors import RayifError
 from .executors import Call, Executor
 from .ihvp import KroneckerFactors, SolveStats, kfac
 from .ihvp.cg import KrylovSpace, low_precision, refined_cg
+from .ihvp.chain import ChainLayout, add_sums, chain_matrix
 from .ihvp.exact import ExactSolver
 from .ihvp.lanczos import smallest_eigenvalue
 from .job_folder import FACTORS
@@ -33,6 +34,8 @@ from .replica import dtype_name
 log = logging.getLogger("rayif")
 
 _PROBE_CHUNK = 8  # the definiteness probe's chunks, in RunConfig.chunk_size units
+_CHAIN_BYTES = 2**28  # a chain's factor sums in flight to the driver at once (its shard count's bound)
+_CHAIN_CHECK = {torch.float64: 1e-8, torch.float32: 1e-3}  # a chain's matrix against a product: relative
 
 
 def product_shards(n: int, chunk_size: int, count: int) -> list[tuple[int, int]]:
@@ -83,7 +86,7 @@ class ShardedSolve:
 
     def __init__(self, ex: Executor, n: int, run: RunConfig, solver: CGConfig | ExactConfig,
                  factors: KroneckerFactors | None, dtype: torch.dtype, later: bool = True):
-        self.ex, self.run, self.solver, self.dtype = ex, run, solver, dtype
+        self.ex, self.run, self.solver, self.dtype, self.n = ex, run, solver, dtype, n
         self.shards = product_shards(n, run.chunk_size, run.product_shards)
         self.precondition = kfac.preconditioner(factors, solver) or (lambda r: r)
         self._exact: ExactSolver | None = None
@@ -110,11 +113,46 @@ class ShardedSolve:
         return refined_cg(self.product, apply_low, self.precondition, vectors, self.solver, self.space)
 
     def exact(self) -> ExactSolver:
-        """The explicit curvature, built once in column blocks (each block one sharded product, in float32
-        for a float64 model with ``ExactConfig.mixed_precision``) and eigendecomposed on the driver."""
+        """The explicit curvature, built once and factored on the driver: from a chain's per-row factors
+        (:meth:`chain_matrix`), else in column blocks, each block one sharded product (in float32 for a
+        float64 model with ``ExactConfig.mixed_precision``)."""
         if self._exact is None:
-            self._exact = ExactSolver.build(self.curvature, self.ex.infos[0]["num_params"], self.solver, self.dtype)
+            p = self.ex.infos[0]["num_params"]
+            ExactSolver.check_size(p, self.solver)
+            self._exact = ExactSolver.build(self.curvature, p, self.solver, self.dtype, self.chain_matrix())
         return self._exact
+
+    def chain_matrix(self) -> Tensor | None:
+        """For a model that is a chain of linear layers (:mod:`rayif.ihvp.chain`) and ``ExactConfig.chain``:
+        the ``[p, p]`` curvature from its factor sums, shards on any worker added in shard order, once it
+        agrees with a product pass on two seeded vectors; else ``None`` (the products build it)."""
+        info = self.ex.infos[0]
+        if not (self.solver.chain and info.get("chain")):
+            return None
+        (layout,) = self.ex.map([Call("chain_layout")])
+        shards = self._chain_shards(layout)
+        sums = add_sums(self.ex.map([Call("chain_sums", (a, b, self.solver.curvature)) for a, b in shards]))
+        h = chain_matrix(layout, sums, self.n, self.solver.curvature)
+        del sums
+        v = torch.randn(2, len(h), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        want = self.curvature(v.to(self.dtype)).double()
+        error = float((v @ h - want).norm() / want.norm())
+        if error > _CHAIN_CHECK.get(self.dtype, 1e-3):
+            log.warning("rayif: the %s built from the model's layers as a chain of linear layers differs from a "
+                        "curvature product by %.2g (relative): building it from products instead. Does the model's "
+                        "forward run its modules in order?", self.solver.curvature, error)
+            return None
+        log.info("rayif: the explicit %s from per-row factors (a chain of linear layers; %d shards), %.2g from a "
+                 "product", self.solver.curvature, len(shards), error)
+        return h
+
+    def _chain_shards(self, layout: ChainLayout) -> list[tuple[int, int]]:
+        """Row shards for the chain's factor sums: ``product_shards`` of them, fewer when their sums would
+        hold more than ``_CHAIN_BYTES`` at once, a power of two so that 2, 4, 8 workers share them evenly (a
+        function of the model and ``n`` alone, so any number of workers adds the same shards)."""
+        fit = max(1, _CHAIN_BYTES // max(1, 8 * layout.floats()))
+        count = min(self.run.product_shards, 2 ** (fit.bit_length() - 1))
+        return product_shards(self.n, self.run.chunk_size, count)
 
 
 def test_vectors(ex: Executor, rows: np.ndarray, group: bool, block: int) -> Tensor:

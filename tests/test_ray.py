@@ -104,26 +104,31 @@ def test_kronecker_factors_are_fitted_across_workers_and_equal_in_process(ray_lo
 
 
 def test_one_solve_runs_on_every_worker_with_the_same_bits_on_one_or_two(ray_local, data):
-    """CG's products, the explicit matrix's columns and auto's Lanczos probe are row shards any worker
-    computes, summed on the driver in shard order: two workers share one solve and give one worker's bits."""
+    """CG's products, the explicit matrix's columns (or a chain's factor sums) and auto's Lanczos probe are row
+    shards any worker computes, summed on the driver in shard order: two workers share one solve and give one
+    worker's bits."""
     task, train, test = data
     run = RunConfig(chunk_size=64, test_batch_size=8)  # 16 shards of 64 rows: both workers get some
-    for solver in (CGConfig(), ExactConfig(mixed_precision=True), AutoConfig()):
+    products = ExactConfig(mixed_precision=True, chain=False)
+    for solver in (CGConfig(), products, ExactConfig(), AutoConfig()):
         one = rayif.explain(task, train, test, top=5, solver=solver, run_config=run,
                             scaling_config=ScalingConfig(num_workers=1, resources_per_worker=HALF_CPU))
         two = rayif.explain(task, train, test, top=5, solver=solver, run_config=run,
                             scaling_config=ScalingConfig(num_workers=2, resources_per_worker=HALF_CPU))
         _same(two, one)
         busy = _job(two)["worker_busy"]
-        assert all(b.get("product", 0) > 0 for b in busy), busy
+        assert all(b.get("product", 0) > 0 for b in busy), busy  # a chain's matrix is checked by a product
+        chain = solver in (ExactConfig(), AutoConfig())  # the logistic model is a chain; auto's exact for 8 points
+        assert all(b.get("chain_sums", 0) > 0 for b in busy) == chain, busy
         _same(rayif.explain(task, train, test, top=5, solver=solver, run_config=run), one, rtol=1e-6)
         if isinstance(solver, AutoConfig):  # the probe's smallest eigenvalue, to the bit
             low = [metadata(t)["solver_choice"]["smallest_hessian_eigenvalue"] for t in (one, two)]
             assert low[0] is not None and low[0] == low[1], low
     # self-influence: the explicit matrix once, from both workers' products (float32 ones, then float64 ones
-    # for its probe); every row's solve is one product with its inverse, on either worker. CG: parts of 8 rows,
-    # each one solve on both workers, the later ones from the first's Krylov space (one space, one set of bits)
-    for solver, ids in ((ExactConfig(mixed_precision=True), None), (CGConfig(), np.arange(0, 1000, 40))):
+    # for its probe) or factor sums; every row's solve is one product with its inverse, on either worker. CG:
+    # parts of 8 rows, each one solve on both workers, the later ones from the first's Krylov space (one space,
+    # one set of bits)
+    for solver, ids in ((products, None), (ExactConfig(), None), (CGConfig(), np.arange(0, 1000, 40))):
         tables = [rayif.self_influence(task, train, solver=solver, run_config=run, train_ids=ids,
                                        scaling_config=ScalingConfig(num_workers=k, resources_per_worker=HALF_CPU))
                   for k in (1, 2)]

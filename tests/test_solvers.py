@@ -215,16 +215,17 @@ def test_auto_chooses_by_size_and_records_why(logistic):
     assert isinstance(AutoConfig().choose(100_000, 4810, 500)[0], CGConfig)  # 4810 > 8 * 500
     assert isinstance(AutoConfig().choose(100_000, 20_000, 100_000)[0], CGConfig)  # p > max_params
     task, sp = logistic
-    some = rayif.self_influence(task, (sp.x_train, sp.y_train), train_ids=np.arange(5))
+    auto = AutoConfig(chain=False)  # the rules for any model (this one is a chain: tests/test_chain.py)
+    some = rayif.self_influence(task, (sp.x_train, sp.y_train), solver=auto, train_ids=np.arange(5))
     meta = rayif.results.metadata(some)  # a self-influence job's right-hand sides are its rows: 5, not 1000
     assert meta["solver_choice"]["chosen"] == "cg" and "m=5" in meta["solver_choice"]["reason"]
-    table = rayif.explain(task, (sp.x_train, sp.y_train), (sp.x_test[:30], sp.y_test[:30]), top=3)
+    table = rayif.explain(task, (sp.x_train, sp.y_train), (sp.x_test[:30], sp.y_test[:30]), auto, top=3)
     meta = rayif.results.metadata(table)
     assert meta["solver_choice"]["requested"] == "auto" and meta["solver_choice"]["chosen"] == "exact"
     assert "max_params" in meta["solver_choice"]["reason"] and meta["solver"]["method"] == "exact"
     # float32 products build the float64 model's matrix; one float64 pass checks the batch's 30 answers
     assert meta["solver"]["mixed_precision"] and meta["job"]["solver_stats"]["iterations"] == 1
-    one = rayif.explain(task, (sp.x_train, sp.y_train), (sp.x_test[:30], sp.y_test[:30]), top=3, group=True)
+    one = rayif.explain(task, (sp.x_train, sp.y_train), (sp.x_test[:30], sp.y_test[:30]), auto, top=3, group=True)
     meta = rayif.results.metadata(one)  # one test vector: CG's passes are cheaper than the 650 x 650 matrix
     assert meta["solver_choice"]["chosen"] == "cg" and "m=1" in meta["solver_choice"]["reason"]
 
@@ -241,17 +242,18 @@ def test_auto_replaces_a_cg_that_does_not_converge_by_the_mixed_precision_exact_
     train, test = (sp.x_train, sp.y_train), (sp.x_test[:8], sp.y_test[:8])
     want = rayif.influence_matrix(task, train, test, ExactConfig())
     monkeypatch.setattr(rayif.sharded, "refined_cg", gives_up)
-    table = rayif.explain(task, train, test, top=3)
+    auto = AutoConfig(chain=False)  # the products' matrix (a chain's needs no float64 checks: test_chain.py)
+    table = rayif.explain(task, train, test, auto, top=3)
     meta = rayif.results.metadata(table)
     assert meta["solver_choice"]["chosen"] == "exact" and "CG did not converge" in meta["solver_choice"]["reason"]
     assert meta["solver"]["method"] == "exact" and meta["solver"]["mixed_precision"] and meta["solver"]["tol"] == 1e-5
     assert meta["job"]["solver_stats"]["iterations"] >= 1  # the float64 check
-    got = rayif.influence_matrix(task, train, test, ExactConfig(mixed_precision=True))
+    got = rayif.influence_matrix(task, train, test, ExactConfig(mixed_precision=True, chain=False))
     assert not np.array_equal(got, want)  # float32 products built it
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
     # self-influence of a few rows: CG's parts give up too, and the exact inverse answers every row
     ids = np.arange(0, 1000, 100)
-    some = rayif.self_influence(task, train, train_ids=ids, run_config=rayif.RunConfig(test_batch_size=4))
+    some = rayif.self_influence(task, train, auto, train_ids=ids, run_config=rayif.RunConfig(test_batch_size=4))
     meta = rayif.results.metadata(some)
     assert meta["solver_choice"]["chosen"] == "exact" and "CG did not converge" in meta["solver_choice"]["reason"]
     exact = rayif.self_influence(task, train, solver=ExactConfig(), train_ids=ids)
@@ -311,5 +313,8 @@ def test_solvers_by_name_and_bad_options():
     for cls in (CGConfig, ExactConfig):  # a CLI option's "false" as a string would read as true
         with pytest.raises(RayifError, match="mixed_precision must be true or false, got 'false'"):
             cls(mixed_precision="false")
+    for cls in (ExactConfig, AutoConfig):
+        with pytest.raises(RayifError, match=f"{cls.__name__}.chain must be true or false, got 'no'"):
+            cls(chain="no")
     with pytest.raises(RayifError, match=r"ExactConfig.tol must be in \(0, 1\)"):
         ExactConfig(tol=0.0)
