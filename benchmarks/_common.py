@@ -39,6 +39,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def high_water_mib() -> float:
+    """This process's peak resident set size, MiB, from its own address space (``VmHWM``): unlike
+    ``ru_maxrss``, which a spawned child inherits from its parent's size at fork, it starts at the exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return peak_rss_mib()
+
+
 def rss_mib(pid: int | str = "self") -> float | None:
     """A process's resident set size now, MiB (``None`` once it is gone)."""
     try:

@@ -50,7 +50,7 @@ from rayif.task import model_fingerprint
 from rayif.tokens import TOP_LAYERS, make_tokens, token_task
 
 from . import _kronfluence
-from ._common import RESULTS, peak_rss_mib, print_table, write_json
+from ._common import RESULTS, high_water_mib, peak_rss_mib, print_table, write_json
 
 TEST_POINTS = 50
 DAMPING = AutoConfig().damping
@@ -300,7 +300,7 @@ def _peak_rss(which: str, path: str) -> float:
         solve(task, train, test, AutoConfig())
     else:
         _kronfluence.influence(task.model_factory(), train, test, task.weight_decay + DAMPING, None)
-    return peak_rss_mib()
+    return high_water_mib()
 
 
 def memory() -> list[dict]:

@@ -291,7 +291,7 @@ def chain_matrix(layout: ChainLayout, sums: dict[str, Tensor], n: int, curvature
             block = block.reshape(outs[j] * ins[j], outs[m] * ins[m])
             h[starts[j] : starts[j + 1], starts[m] : starts[m + 1]] = block
             h[starts[m] : starts[m + 1], starts[j] : starts[j + 1]] = block.T
-    order = torch.as_tensor(layout.order)
+    order = torch.from_numpy(np.array(layout.order))  # a copy: Ray's arrays are read-only
     h = h.index_select(0, order)
     h = h.index_select(1, order).div_(n)
     h.diagonal().add_(layout.weight_decay)
