@@ -60,8 +60,10 @@ class Replica:
         self._cache_bytes = int(grad_cache_mb * 2**20)
         self._cached_bytes = 0
         self.progress: bool | None = False  # a LiSSA bar: the in-process executor turns it on
-        sample = self.train.take(slice(0, 2)).to(device).batch
-        self._chain, self._chain_why = Chain.of(self.objective, sample)
+        try:  # bad rows fail later, in validation, with their ids: here they only rule the chain out
+            self._chain, self._chain_why = Chain.of(self.objective, self.train.take(slice(0, 2)).to(device).batch)
+        except Exception as e:  # noqa: BLE001
+            self._chain, self._chain_why = None, f"its first rows did not run: {type(e).__name__}: {e}"
 
     def warm_up(self) -> None:
         """The first per-example gradient and HVP in a fresh process pay about a second of torch.func set-up;

@@ -128,6 +128,9 @@ class ShardedSolve:
         agrees with a product pass on two seeded vectors; else ``None`` (the products build it)."""
         info = self.ex.infos[0]
         if not (self.solver.chain and info.get("chain")):
+            if self.solver.chain:
+                log.info("rayif: the explicit %s from %d curvature products, not per-row factors: %s",
+                         self.solver.curvature, info["num_params"], info.get("chain_why"))
             return None
         (layout,) = self.ex.map([Call("chain_layout")])
         shards = self._chain_shards(layout)
