@@ -244,13 +244,13 @@ def million(rows: int = 1_000_000, checked: int = 5) -> dict:
 
 def self_influence(rows: int = 20_000) -> list[dict]:
     """Self-influence of every row of a ``rows``-row float64 mixture, in this process: the explicit matrix
-    built from float64 products (0.9.3's choice, ``ExactConfig()``, the ground truth) against ``auto``'s,
-    built from float32 products and probed in float64 (0.9.4, ``ExactConfig(mixed_precision=True)``). 0.9.3
-    measured its choice on all 100k rows against CG per chunk (958 s against ~34 h)."""
+    built from float64 products (0.9.3's choice, ``ExactConfig(chain=False)``, the ground truth) against
+    ``auto``'s: since 0.9.6 the MLP's matrix from per-row factors (0.9.4-0.9.5: from float32 products, probed
+    in float64). 0.9.3 measured its choice on all 100k rows against CG per chunk (958 s against ~34 h)."""
     task, sp = mixture_task(rows, 1000, weight_decay=1e-2)
     train = (sp.x_train, sp.y_train)
     out, values = [], []
-    for label, cfg in (("exact, float64 matrix (0.9.3's choice)", ExactConfig()), ("auto", AutoConfig())):
+    for label, cfg in (("exact, float64 products (0.9.3's choice)", ExactConfig(chain=False)), ("auto", AutoConfig())):
         t0 = time.perf_counter()
         table = rayif.self_influence(task, train, solver=cfg)
         secs = time.perf_counter() - t0
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--million", action="store_true", help="also the 1M-row mixture at the default (~30 min)")
     ap.add_argument("--batch32", action="store_true", help="also 1000 test points of a float32 mixture (~20 min)")
     ap.add_argument("--self-influence", action="store_true",
-                    help="also every row's self-influence of a 20k-row mixture, float64 vs float32 matrix (~6 min)")
+                    help="also every row's self-influence of a 20k-row mixture: float64 products vs auto (~5 min)")
     ap.add_argument("--self-influence-cg", action="store_true",
                     help="also CG's self-influence of 512 rows of a 20k-row mixture on 1 and 2 Ray workers (~4 min)")
     ap.add_argument("--memory", action="store_true", help="also peak RSS against kronfluence (fresh processes)")
